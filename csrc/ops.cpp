@@ -1,0 +1,25 @@
+// The operator schemas, declared once for every device, and the Python module that loads them.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(pylander, m) {
+  m.def("discounted_returns(Tensor rewards, Tensor dones, float gamma, Tensor? bootstrap=None)"
+        " -> Tensor");
+  m.def("gae(Tensor rewards, Tensor values, Tensor dones, Tensor last_values, float gamma,"
+        " float lam) -> Tensor");
+  m.def("pg_loss(Tensor logits, Tensor actions, Tensor weights, str reduction=\"mean\")"
+        " -> (Tensor loss, Tensor entropy)");
+  m.def("pg_loss_backward(Tensor grad_loss, Tensor grad_entropy, Tensor logits, Tensor actions,"
+        " Tensor weights, str reduction) -> Tensor");
+  m.def("sample_categorical(Tensor logits, Generator? generator=None)"
+        " -> (Tensor actions, Tensor log_probs)");
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pylander native operators; call them through torch.ops.pylander or pylander.ops.";
+#ifdef PYLANDER_WITH_CUDA
+  m.attr("cuda_kernels") = true;
+#else
+  m.attr("cuda_kernels") = false;
+#endif
+}

@@ -1,0 +1,204 @@
+"""Typed wrappers for the native operators, plus their fake kernels and autograd formulas.
+
+The kernels live in ``csrc/`` (CPU in ``csrc/cpu``, CUDA in ``csrc/cuda``); the schemas are
+declared once in ``csrc/ops.cpp``. This module registers, with :mod:`torch.library`:
+
+* fake (meta) kernels, so the ops work under ``torch.compile`` and FakeTensor tracing;
+* autograd formulas, so gradients flow through every op.
+
+Semantics (``dones[t, n]`` is true when the step taken at ``t`` in env ``n`` ended its episode):
+
+* ``discounted_returns``: ``R[t] = r[t] + gamma * (1 - dones[t]) * R[t + 1]`` with
+  ``R[T] = bootstrap`` (zero when not given).
+* ``gae``: ``delta[t] = r[t] + gamma * (1 - dones[t]) * V[t + 1] - V[t]`` with
+  ``V[T] = last_values``, and ``A[t] = delta[t] + gamma * lam * (1 - dones[t]) * A[t + 1]``.
+* ``pg_loss``: ``reduce_i(-weights[i] * log_softmax(logits[i])[actions[i]])`` and the mean
+  entropy of ``softmax(logits)``; an empty batch gives zeros.
+* ``sample_categorical``: one action per row of ``softmax(logits)`` and its log-probability.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Reduction = Literal["mean", "sum"]
+
+_ops = torch.ops.pylander
+
+
+def discounted_returns(
+    rewards: Tensor, dones: Tensor, gamma: float, bootstrap: Tensor | None = None
+) -> Tensor:
+    """Discounted returns of a ``[T, N]`` rollout, restarting after every done step.
+
+    Args:
+        rewards: ``[T, N]`` float32/float64 rewards.
+        dones: ``[T, N]`` bool, true where the step ended its episode.
+        gamma: discount factor in ``[0, 1]``.
+        bootstrap: optional ``[N]`` value of the state after the last step, added (discounted)
+            to the tail of every episode that is still running at ``T``.
+    """
+    return _ops.discounted_returns(rewards, dones, float(gamma), bootstrap)
+
+
+def gae(
+    rewards: Tensor, values: Tensor, dones: Tensor, last_values: Tensor, gamma: float, lam: float
+) -> Tensor:
+    """Generalised advantage estimates of a ``[T, N]`` rollout (Schulman et al., 2016).
+
+    ``values`` is ``[T, N]``, the critic's value of each step's observation; ``last_values`` is
+    ``[N]``, the value of the observation after the last step.
+    """
+    return _ops.gae(rewards, values, dones, last_values, float(gamma), float(lam))
+
+
+def pg_loss(
+    logits: Tensor, actions: Tensor, weights: Tensor, reduction: Reduction = "mean"
+) -> tuple[Tensor, Tensor]:
+    """Weighted log-prob policy-gradient loss and the mean policy entropy.
+
+    Returns ``(loss, entropy)``, both scalars, where
+    ``loss = reduce_i(-weights[i] * log_softmax(logits[i])[actions[i]])``. Its gradient with
+    respect to ``logits`` is computed by the native backward, without materialising
+    ``log_softmax``. Minimising ``loss - c * entropy`` gives an entropy bonus.
+    """
+    return _ops.pg_loss(logits, actions, weights, reduction)
+
+
+def sample_categorical(
+    logits: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Sample one action per row of ``softmax(logits)``; returns ``(actions, log_probs)``.
+
+    ``logits`` is ``[B, A]`` and need not be normalised. A seeded ``generator`` (on the device of
+    ``logits``) makes the draws reproducible.
+    """
+    return _ops.sample_categorical(logits, generator)
+
+
+# --- fake kernels: output metadata only, for FakeTensor tracing and torch.compile -------------
+
+
+@torch.library.register_fake("pylander::discounted_returns")
+def _discounted_returns_fake(rewards, dones, gamma, bootstrap=None):
+    return torch.empty_like(rewards)
+
+
+@torch.library.register_fake("pylander::gae")
+def _gae_fake(rewards, values, dones, last_values, gamma, lam):
+    return torch.empty_like(rewards)
+
+
+@torch.library.register_fake("pylander::pg_loss")
+def _pg_loss_fake(logits, actions, weights, reduction="mean"):
+    return logits.new_empty(()), logits.new_empty(())
+
+
+@torch.library.register_fake("pylander::pg_loss_backward")
+def _pg_loss_backward_fake(grad_loss, grad_entropy, logits, actions, weights, reduction):
+    return torch.empty_like(logits)
+
+
+@torch.library.register_fake("pylander::sample_categorical")
+def _sample_categorical_fake(logits, generator=None):
+    batch = logits.shape[0]
+    return logits.new_empty((batch,), dtype=torch.long), logits.new_empty((batch,))
+
+
+# --- autograd ---------------------------------------------------------------------------------
+# The scans are linear in their inputs. The gradient of a reverse scan is a forward scan with the
+# same discounts, which is the reverse scan of the time-flipped input with `dones` shifted by one.
+
+
+def _forward_scan(grad: Tensor, dones: Tensor, discount: float) -> Tensor:
+    """x[t] = grad[t] + discount * (1 - dones[t - 1]) * x[t - 1], via the native reverse scan."""
+    flipped_dones = dones.flip(0)
+    shifted = torch.cat([flipped_dones[1:], torch.ones_like(flipped_dones[:1])])
+    return _ops.discounted_returns(grad.flip(0).contiguous(), shifted, discount, None).flip(0)
+
+
+def _returns_setup(ctx, inputs, output):
+    _, dones, gamma, bootstrap = inputs
+    ctx.save_for_backward(dones)
+    ctx.gamma = gamma
+    ctx.has_bootstrap = bootstrap is not None
+
+
+def _returns_backward(ctx, grad):
+    (dones,) = ctx.saved_tensors
+    grad_rewards = _forward_scan(grad, dones, ctx.gamma)
+    grad_bootstrap = None
+    if ctx.has_bootstrap:
+        grad_bootstrap = ctx.gamma * (~dones[-1]).to(grad.dtype) * grad_rewards[-1]
+    return grad_rewards, None, None, grad_bootstrap
+
+
+torch.library.register_autograd(
+    "pylander::discounted_returns", _returns_backward, setup_context=_returns_setup
+)
+
+
+def _gae_setup(ctx, inputs, output):
+    _, _, dones, _, gamma, lam = inputs
+    ctx.save_for_backward(dones)
+    ctx.gamma, ctx.lam = gamma, lam
+
+
+def _gae_backward(ctx, grad):
+    (dones,) = ctx.saved_tensors
+    live = (~dones).to(grad.dtype)
+    grad_delta = _forward_scan(grad, dones, ctx.gamma * ctx.lam)
+    # V[t] enters delta[t] with -1 and delta[t - 1] with gamma * (1 - dones[t - 1]).
+    grad_values = -grad_delta
+    grad_values[1:] += ctx.gamma * live[:-1] * grad_delta[:-1]
+    grad_last = ctx.gamma * live[-1] * grad_delta[-1]
+    return grad_delta, grad_values, None, grad_last, None, None
+
+
+torch.library.register_autograd("pylander::gae", _gae_backward, setup_context=_gae_setup)
+
+
+def _pg_loss_setup(ctx, inputs, output):
+    logits, actions, weights, reduction = inputs
+    ctx.save_for_backward(logits, actions, weights)
+    ctx.reduction = reduction
+
+
+def _pg_loss_backward(ctx, grad_loss, grad_entropy):
+    logits, actions, weights = ctx.saved_tensors
+    grad_logits = grad_weights = None
+    if ctx.needs_input_grad[0]:
+        grad_logits = _ops.pg_loss_backward(
+            grad_loss, grad_entropy, logits, actions, weights, ctx.reduction
+        )
+    if ctx.needs_input_grad[2]:
+        scale = max(logits.shape[0], 1) if ctx.reduction == "mean" else 1
+        chosen = torch.log_softmax(logits, -1).gather(1, actions.unsqueeze(1)).squeeze(1)
+        grad_weights = -grad_loss * chosen / scale
+    return grad_logits, None, grad_weights, None
+
+
+torch.library.register_autograd(
+    "pylander::pg_loss", _pg_loss_backward, setup_context=_pg_loss_setup
+)
+
+
+def _sample_setup(ctx, inputs, output):
+    logits, _ = inputs
+    actions, _ = output
+    ctx.save_for_backward(logits, actions)
+
+
+def _sample_backward(ctx, grad_actions, grad_log_probs):
+    # d log p(a) / d logits = onehot(a) - softmax(logits); the actions are not differentiable.
+    logits, actions = ctx.saved_tensors
+    onehot = torch.nn.functional.one_hot(actions, logits.shape[1]).to(logits.dtype)
+    return grad_log_probs.unsqueeze(1) * (onehot - torch.softmax(logits, -1)), None
+
+
+torch.library.register_autograd(
+    "pylander::sample_categorical", _sample_backward, setup_context=_sample_setup
+)
