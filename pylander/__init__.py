@@ -12,8 +12,10 @@ try:
     from pylander import _build_info
 except ImportError as exc:  # running from a source tree that was never built
     raise ImportError(
-        "pylander's native module is not built. Install the package with "
-        "`pip install --no-build-isolation .` (see README.md)."
+        f"pylander's native module is missing from {__path__[0]}. If that is a source checkout, "
+        "install the package (`pip install --no-build-isolation .`, see README.md) and run from "
+        "another directory, or run the tests with `pytest` rather than `python -m pytest`, "
+        "which puts the checkout ahead of the installed package."
     ) from exc
 
 if torch.__version__ != _build_info.TORCH_VERSION:

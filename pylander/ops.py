@@ -80,25 +80,42 @@ def sample_categorical(
 
 
 # --- fake kernels: output metadata only, for FakeTensor tracing and torch.compile -------------
+# The native kernels validate everything else; the one check needed here is the device, since a
+# meta or fake tensor among the inputs routes the call to these kernels instead.
+
+
+def _check_same_device(**tensors: Tensor | None) -> None:
+    named = [(name, t) for name, t in tensors.items() if t is not None]
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device != first.device:
+            raise RuntimeError(
+                f"pylander: `{name}` is on {t.device} but `{first_name}` is on {first.device}; "
+                "move them to the same device"
+            )
 
 
 @torch.library.register_fake("pylander::discounted_returns")
 def _discounted_returns_fake(rewards, dones, gamma, bootstrap=None):
+    _check_same_device(rewards=rewards, dones=dones, bootstrap=bootstrap)
     return torch.empty_like(rewards)
 
 
 @torch.library.register_fake("pylander::gae")
 def _gae_fake(rewards, values, dones, last_values, gamma, lam):
+    _check_same_device(rewards=rewards, values=values, dones=dones, last_values=last_values)
     return torch.empty_like(rewards)
 
 
 @torch.library.register_fake("pylander::pg_loss")
 def _pg_loss_fake(logits, actions, weights, reduction="mean"):
+    _check_same_device(logits=logits, actions=actions, weights=weights)
     return logits.new_empty(()), logits.new_empty(())
 
 
 @torch.library.register_fake("pylander::pg_loss_backward")
 def _pg_loss_backward_fake(grad_loss, grad_entropy, logits, actions, weights, reduction):
+    _check_same_device(logits=logits, actions=actions, weights=weights)
     return torch.empty_like(logits)
 
 

@@ -53,11 +53,12 @@ RowStats pg_forward_rows(const scalar_t* z, const int64_t* a, const scalar_t* w,
       continue;
     }
     s.loss -= static_cast<double>(w[i]) * (static_cast<double>(zi[ai]) - lse);
-    double expected_logit = 0.0;  // entropy = lse - sum_j p_j z_j
+    // -sum_j p_j log p_j with log p_j formed first: lse - sum_j p_j z_j cancels catastrophically
+    // for large logits.
     for (int64_t j = 0; j < A; ++j) {
-      expected_logit += std::exp(static_cast<double>(zi[j]) - lse) * static_cast<double>(zi[j]);
+      const double logp = static_cast<double>(zi[j]) - lse;
+      s.entropy -= std::exp(logp) * logp;
     }
-    s.entropy += lse - expected_logit;
   }
   return s;
 }

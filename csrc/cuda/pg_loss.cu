@@ -1,0 +1,191 @@
+// CUDA weighted log-prob objective, mean entropy and their gradient with respect to the logits,
+// with the semantics of csrc/cpu/pg_loss.cpp. One thread per row computes max, log-sum-exp, the
+// row's loss term and entropy in double; the rows are then summed with at::sum on the device.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+
+#include "../checks.h"
+#include "common.cuh"
+
+namespace pylander {
+namespace {
+
+using namespace cuda_detail;
+
+// max and log-sum-exp of one row of length A, in double. Clears `finite` on NaN or infinity.
+template <typename scalar_t>
+__device__ __forceinline__ double row_lse(const scalar_t* z, int64_t A, bool& finite) {
+  double max = neg_infinity();
+  for (int64_t j = 0; j < A; ++j) {
+    const double x = static_cast<double>(z[j]);
+    finite = finite && is_finite(x);
+    max = max < x ? x : max;  // std::max(max, x)
+  }
+  double sum = 0.0;
+  for (int64_t j = 0; j < A; ++j) sum += exp(static_cast<double>(z[j]) - max);
+  return max + log(sum);
+}
+
+template <typename scalar_t>
+__global__ void pg_forward_kernel(const scalar_t* __restrict__ z, const int64_t* __restrict__ a,
+                                  const scalar_t* __restrict__ w, int64_t B, int64_t A,
+                                  double* __restrict__ row_loss, double* __restrict__ row_entropy,
+                                  int* __restrict__ flags) {
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < B;
+       i += stride) {
+    const scalar_t* zi = z + i * A;
+    bool finite = true;
+    const double lse = row_lse(zi, A, finite);
+    finite = finite && is_finite(static_cast<double>(w[i]));
+    if (!finite) flags[kNonFinite] = 1;
+    const int64_t ai = a[i];
+    if (ai < 0 || ai >= A) {
+      flags[kBadAction] = 1;
+      row_loss[i] = 0.0;
+      row_entropy[i] = 0.0;
+      continue;
+    }
+    row_loss[i] = -static_cast<double>(w[i]) * (static_cast<double>(zi[ai]) - lse);
+    double expected_logit = 0.0;  // entropy = lse - sum_j p_j z_j
+    for (int64_t j = 0; j < A; ++j) {
+      const double x = static_cast<double>(zi[j]);
+      expected_logit += exp(x - lse) * x;
+    }
+    row_entropy[i] = lse - expected_logit;
+  }
+}
+
+// d loss / d z_ij    = -(w_i * grad_loss / scale) * (onehot(a_i)_j - p_ij)
+// d entropy / d z_ij = -(grad_entropy / B) * p_ij * (log p_ij + H_i)
+// grad_loss and grad_entropy are read on the device (no .item() round trip before the launch);
+// the only host synchronisation is reading the error flags afterwards, as in the forward.
+template <typename scalar_t>
+__global__ void pg_backward_kernel(const scalar_t* __restrict__ z, const int64_t* __restrict__ a,
+                                   const scalar_t* __restrict__ w,
+                                   const double* __restrict__ grad_loss,
+                                   const double* __restrict__ grad_entropy, double scale,
+                                   scalar_t* __restrict__ gz, int64_t B, int64_t A,
+                                   int* __restrict__ flags) {
+  const double g_loss = *grad_loss / scale;
+  const double g_entropy = *grad_entropy / static_cast<double>(B);  // launched only for B > 0
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < B;
+       i += stride) {
+    const scalar_t* zi = z + i * A;
+    bool finite = true;
+    const double lse = row_lse(zi, A, finite);
+    if (!finite) flags[kNonFinite] = 1;
+    const int64_t ai = a[i];
+    if (ai < 0 || ai >= A) {
+      flags[kBadAction] = 1;
+      continue;
+    }
+    double entropy = 0.0;
+    for (int64_t j = 0; j < A; ++j) {
+      const double logp = static_cast<double>(zi[j]) - lse;
+      entropy -= exp(logp) * logp;
+    }
+    const double coef = -g_loss * static_cast<double>(w[i]);
+    scalar_t* gzi = gz + i * A;
+    for (int64_t j = 0; j < A; ++j) {
+      const double logp = static_cast<double>(zi[j]) - lse;
+      const double p = exp(logp);
+      const double onehot = j == ai ? 1.0 : 0.0;
+      gzi[j] = static_cast<scalar_t>(coef * (onehot - p) - g_entropy * p * (logp + entropy));
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> pg_loss_cuda(const at::Tensor& logits,
+                                                const at::Tensor& actions,
+                                                const at::Tensor& weights,
+                                                c10::string_view reduction) {
+  check_pg_inputs(logits, actions, weights);
+  const int64_t B = logits.size(0), A = logits.size(1);
+  const double scale = reduction_scale(std::string(reduction), B);
+  check_cuda(logits, "logits");
+  const c10::cuda::OptionalCUDAGuard guard(logits.device());
+  if (B == 0) {  // an empty batch gives zeros, like the CPU kernel
+    return {at::zeros({}, logits.options()), at::zeros({}, logits.options())};
+  }
+  const auto z = logits.contiguous();
+  const auto a = actions.contiguous();
+  const auto w = weights.contiguous();
+  auto row_loss = at::empty({B}, z.options().dtype(at::kDouble));
+  auto row_entropy = at::empty({B}, z.options().dtype(at::kDouble));
+  auto flags = make_flags(z);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "pg_loss_cuda", [&] {
+    pg_forward_kernel<scalar_t><<<num_blocks(B), kThreads, 0, stream>>>(
+        z.data_ptr<scalar_t>(), a.data_ptr<int64_t>(), w.data_ptr<scalar_t>(), B, A,
+        row_loss.data_ptr<double>(), row_entropy.data_ptr<double>(), flags.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  const auto host_flags = read_flags(flags);
+  check_finite_flag(!host_flags.non_finite, "logits` or `weights");
+  check_actions_flag(!host_flags.bad_action, A);
+  // Sum in double, scale, then round once to the logits' dtype (as the CPU kernel's fill_ does).
+  auto loss = row_loss.sum().div_(scale).to(z.scalar_type());
+  auto entropy = row_entropy.sum().div_(static_cast<double>(B)).to(z.scalar_type());
+  return {loss, entropy};
+}
+
+// The scalar gradients may be on the device of `logits`, or be CPU scalars (torch lets 0-dim CPU
+// tensors mix with CUDA ones); a gradient on another GPU is a device mismatch.
+void check_scalar_grad_device(const at::Tensor& grad, const at::Tensor& logits, const char* name) {
+  if (!grad.device().is_cpu()) check_same_device(grad, logits, name, "logits");
+}
+
+// A scalar gradient as a 0-dim double tensor on the device of `logits` (no host round trip).
+at::Tensor scalar_grad_on(const at::Tensor& grad, const at::Tensor& logits) {
+  return grad.reshape({}).to(logits.device(), at::kDouble).contiguous();
+}
+
+at::Tensor pg_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& grad_entropy,
+                                 const at::Tensor& logits, const at::Tensor& actions,
+                                 const at::Tensor& weights, c10::string_view reduction) {
+  check_pg_inputs(logits, actions, weights);
+  TORCH_CHECK(grad_loss.numel() == 1 && grad_entropy.numel() == 1,
+              "pylander: pg_loss_backward expects scalar `grad_loss` and `grad_entropy`");
+  const int64_t B = logits.size(0), A = logits.size(1);
+  const double scale = reduction_scale(std::string(reduction), B);
+  // With CPU logits this kernel runs only because a gradient is on a GPU: report that mismatch.
+  check_scalar_grad_device(grad_loss, logits, "grad_loss");
+  check_scalar_grad_device(grad_entropy, logits, "grad_entropy");
+  check_cuda(logits, "logits");
+  const c10::cuda::OptionalCUDAGuard guard(logits.device());
+  const auto gl = scalar_grad_on(grad_loss, logits);
+  const auto ge = scalar_grad_on(grad_entropy, logits);
+  const auto z = logits.contiguous();
+  auto grad = at::empty_like(z);
+  if (B == 0) return grad;
+  const auto a = actions.contiguous();
+  const auto w = weights.contiguous();
+  auto flags = make_flags(z);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "pg_loss_backward_cuda", [&] {
+    pg_backward_kernel<scalar_t><<<num_blocks(B), kThreads, 0, stream>>>(
+        z.data_ptr<scalar_t>(), a.data_ptr<int64_t>(), w.data_ptr<scalar_t>(),
+        gl.data_ptr<double>(), ge.data_ptr<double>(), scale, grad.data_ptr<scalar_t>(), B, A,
+        flags.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  const auto host_flags = read_flags(flags);
+  check_finite_flag(!host_flags.non_finite, "logits");
+  check_actions_flag(!host_flags.bad_action, A);
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pylander, CUDA, m) {
+  m.impl("pg_loss", &pg_loss_cuda);
+  m.impl("pg_loss_backward", &pg_loss_backward_cuda);
+}
+
+}  // namespace pylander
