@@ -65,13 +65,10 @@ inline void check_cuda(const at::Tensor& t, const char* name) {
 // Finite test that needs neither <cmath> in device code nor relaxed constexpr.
 __device__ __forceinline__ bool is_finite(double x) { return isfinite(x); }
 
-// Round-to-nearest multiply and add that nvcc never contracts into an FMA, so the scans round
-// exactly like the CPU kernels' separate multiply and add.
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+// Round-to-nearest double multiply, add and subtract that nvcc never contracts into an FMA, so
+// the scans round exactly like the CPU kernels' separate operations.
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
 __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
 __device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
 
 template <typename scalar_t>

@@ -51,12 +51,14 @@ __global__ void pg_forward_kernel(const scalar_t* __restrict__ z, const int64_t*
       continue;
     }
     row_loss[i] = -static_cast<double>(w[i]) * (static_cast<double>(zi[ai]) - lse);
-    double expected_logit = 0.0;  // entropy = lse - sum_j p_j z_j
+    // -sum_j p_j log p_j with log p_j formed first, as on the CPU (lse - sum_j p_j z_j cancels
+    // catastrophically for large logits).
+    double entropy = 0.0;
     for (int64_t j = 0; j < A; ++j) {
-      const double x = static_cast<double>(zi[j]);
-      expected_logit += exp(x - lse) * x;
+      const double logp = static_cast<double>(zi[j]) - lse;
+      entropy -= exp(logp) * logp;
     }
-    row_entropy[i] = lse - expected_logit;
+    row_entropy[i] = entropy;
   }
 }
 

@@ -1,0 +1,150 @@
+"""Every hyperparameter and run setting in one typed config, saved as ``config.toml``.
+
+The defaults are the ones that solve LunarLander-v3 (see README, "How the defaults were found").
+``--algo seed`` overrides the learning settings with the notebook's constants unless they are
+given explicitly (:data:`SEED_DEFAULTS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+Algo = Literal["reinforce", "seed"]
+Baseline = Literal["value", "mean", "none"]
+VectorMode = Literal["sync", "async"]
+Device = Literal["cpu", "cuda", "auto"]
+
+
+def setting(default: Any, help: str, **kwargs: Any) -> Any:
+    """A config field with its command-line help text (train.py builds its flags from these)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class TrainConfig:
+    # --- run -------------------------------------------------------------------------------
+    env_id: str = setting("LunarLander-v3", "gymnasium env id (discrete actions)", flag="--env")
+    algo: Algo = setting("reinforce", "reinforce (batched, solves LunarLander) or seed (the notebook)")
+    seed: int = setting(1, "seed for the network, sampling and the envs")
+    total_steps: int = setting(3_000_000, "env-step budget, summed over all envs and processes")
+    stop_when_solved: bool = setting(
+        False, "stop once the last 100 training episodes average the env's reward threshold and a "
+        "greedy evaluation confirms it")
+    device: Device = setting("cpu", "where the policy, sampling and loss run (envs stay on the CPU)")
+    torch_threads: int = setting(1, "torch intra-op threads per process (1 is fastest for small MLPs)")
+    out: str = setting("", "run directory (default runs/<env>-<algo>-seed<seed>)")
+
+    # --- environments ----------------------------------------------------------------------
+    num_envs: int = setting(16, "parallel environments per process")
+    vector: VectorMode = setting("sync", "sync: envs in this process; async: one worker process each")
+    num_steps: int = setting(32, "steps per env per update (rollout length)")
+
+    # --- policy gradient -------------------------------------------------------------------
+    gamma: float = setting(0.999, "discount factor")
+    gae_lambda: float = setting(0.95, "GAE lambda (baseline=value)")
+    baseline: Baseline = setting("value", "value: learned critic + GAE; mean: batch-mean return; none")
+    normalize_advantages: bool = setting(True, "normalise advantages per batch")
+    ent_coef: float = setting(0.01, "entropy bonus coefficient")
+    vf_coef: float = setting(0.5, "value loss coefficient (baseline=value)")
+    max_grad_norm: float = setting(0.5, "gradient-norm clipping threshold")
+    learning_rate: float = setting(1e-3, "Adam learning rate")
+    anneal_lr: bool = setting(True, "anneal the learning rate linearly to 0 over total_steps")
+    minibatches: int = setting(1, "Adam steps per rollout, each on a disjoint slice of it")
+    hidden_sizes: list[int] = setting([64, 64], "hidden layer widths of the actor and the critic")
+
+    # --- seed (notebook) mode --------------------------------------------------------------
+    alpha: float = setting(0.01, "the notebook's gradient scale (algo=seed only)")
+
+    # --- evaluation, logging, checkpoints ---------------------------------------------------
+    eval_episodes: int = setting(100, "evaluation episodes at the end of training")
+    eval_stochastic: bool = setting(False, "evaluate by sampling actions instead of argmax")
+    log_interval: int = setting(10, "print a log line every this many updates")
+    checkpoint_interval: int = setting(50, "save checkpoint.pt every this many updates")
+    quiet: bool = setting(False, "no progress bar and no log lines")
+
+    def resolved_out(self) -> Path:
+        return Path(self.out or f"runs/{self.env_id}-{self.algo}-seed{self.seed}")
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that is out of range."""
+        positive = ["total_steps", "torch_threads", "num_envs", "num_steps", "minibatches", "eval_episodes",
+                    "log_interval", "checkpoint_interval"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ["gamma", "gae_lambda"]:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        for name in ["learning_rate", "alpha", "max_grad_norm"]:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        for name in ["ent_coef", "vf_coef"]:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not self.hidden_sizes or any(h <= 0 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive layer widths, got {self.hidden_sizes}")
+        if self.num_envs * self.num_steps < self.minibatches:
+            raise ValueError("minibatches must not exceed num_envs * num_steps")
+        for f in fields(self):
+            choices = get_args(get_type_hints(TrainConfig)[f.name])
+            if choices and isinstance(choices[0], str) and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
+
+    # --- TOML ------------------------------------------------------------------------------
+
+    def to_toml(self) -> str:
+        lines = ["# pylander training config; rerun with `python -m pylander.train --config FILE`"]
+        for f in fields(self):
+            lines.append(f"{f.name} = {_toml_value(getattr(self, f.name))}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        hints = get_type_hints(cls)
+        cleaned = {}
+        for key, value in values.items():
+            want = hints[key]
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            elif want is int and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            cleaned[key] = value
+        return dataclasses.replace(cls(), **cleaned)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        try:
+            with open(path, "rb") as fh:
+                return cls.from_dict(tomllib.load(fh))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"cannot read config {path}: {exc}") from exc
+
+
+# The notebook's constants (lr 1e-3 is fixed inside its PolicyNetwork).
+SEED_DEFAULTS: dict[str, Any] = {"gamma": 0.99, "alpha": 0.01, "num_envs": 1}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")

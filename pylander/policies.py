@@ -1,0 +1,69 @@
+"""Policies: the categorical MLP actor with an optional critic used by ``--algo reinforce``.
+
+The notebook's one-layer network lives in :mod:`pylander.reference` (``PolicyNetwork``), so that
+``--algo seed`` runs the very same class.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from pylander import ops
+
+
+def mlp(sizes: list[int], out_gain: float) -> nn.Sequential:
+    """tanh MLP with orthogonal init; a small last-layer gain keeps the first policy near uniform."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        linear = nn.Linear(fan_in, fan_out)
+        last = i == len(sizes) - 2
+        nn.init.orthogonal_(linear.weight, out_gain if last else math.sqrt(2))
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if not last:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+class ActorCritic(nn.Module):
+    """Separate actor and critic MLPs (sharing a trunk made LunarLander less stable).
+
+    The critic is built only for ``baseline="value"``.
+    """
+
+    def __init__(self, obs_size: int, num_actions: int, hidden_sizes: list[int], critic: bool):
+        super().__init__()
+        self.obs_size, self.num_actions = obs_size, num_actions
+        self.hidden_sizes = list(hidden_sizes)
+        self.actor = mlp([obs_size, *hidden_sizes, num_actions], out_gain=0.01)
+        self.critic = mlp([obs_size, *hidden_sizes, 1], out_gain=1.0) if critic else None
+
+    def logits(self, obs: Tensor) -> Tensor:
+        return self.actor(obs)
+
+    def value(self, obs: Tensor) -> Tensor:
+        if self.critic is None:
+            raise RuntimeError("this policy was built without a critic (baseline != 'value')")
+        return self.critic(obs).squeeze(-1)
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Sample actions with the native sampler."""
+        actions, _ = ops.sample_categorical(self.actor(obs), generator)
+        return actions
+
+    @torch.no_grad()
+    def greedy(self, obs: Tensor) -> Tensor:
+        return self.actor(obs).argmax(-1)
+
+    def architecture(self) -> dict:
+        """What a checkpoint must match to be loaded into this policy."""
+        return {
+            "obs_size": self.obs_size,
+            "num_actions": self.num_actions,
+            "hidden_sizes": self.hidden_sizes,
+            "critic": self.critic is not None,
+        }

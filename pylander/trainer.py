@@ -1,0 +1,234 @@
+"""The training loop shared by every algorithm: counters, logging, checkpoints, stopping,
+evaluation and the run directory. The learning itself is in :mod:`pylander.algorithms`.
+
+Run directory (``config.resolved_out()``): ``config.toml``, ``metrics.csv``, TensorBoard events,
+``checkpoint.pt`` (latest), ``best.pt`` (best mean of the last 100 training episodes),
+``learning_curve.png`` and ``summary.json``.
+
+Resuming is exact: at every checkpoint all envs start fresh episodes from a seed derived from
+(seed, update, rank), so a run resumed from a checkpoint continues exactly as the uninterrupted
+run did (same parameters and metrics on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections import deque
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from pylander.algorithms import NonFiniteError
+from pylander.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from pylander.config import TrainConfig
+from pylander.distributed import Collective
+from pylander.envs import check_spaces, make_vector_env, resolve_env_id, reward_threshold
+from pylander.evaluate import evaluate
+from pylander.logger import RunLogger, plot_learning_curve
+
+EVAL_RETRY_STEPS = 100_000
+"""After an evaluation fails to confirm a solved training mean, wait this long to retry."""
+
+
+class TrainingInterrupted(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def env_seed(seed: int, update: int, rank: int = 0) -> int:
+    """Seed for the episodes that start at ``update`` on ``rank``."""
+    return int(np.random.SeedSequence([seed, update, rank]).generate_state(1)[0])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def build_algorithm(config: TrainConfig, device: torch.device, comm: Collective):
+    """Make the env(s) and the algorithm object for ``config.algo``."""
+    if config.algo == "seed":
+        from pylander.algorithms.seed import NotebookReinforce
+
+        env = gym.make(config.env_id)
+        return NotebookReinforce(config, env, *check_spaces(env, config.env_id), device), env
+    from pylander.algorithms.reinforce import Reinforce
+
+    envs = make_vector_env(config.env_id, config.num_envs, config.vector)
+    try:
+        sizes = check_spaces(envs, config.env_id)
+    except ValueError:
+        envs.close()
+        raise
+    return Reinforce(config, envs, *sizes, device, comm), envs
+
+
+class _SignalFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between updates; a second one aborts."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> dict:
+    """Train as ``config`` says; returns the summary (also written to ``summary.json``).
+
+    Raises ``ValueError`` for bad settings, :class:`CheckpointError` for a bad checkpoint,
+    :class:`TrainingInterrupted` after saving on SIGINT/SIGTERM, and
+    :class:`~pylander.algorithms.NonFiniteError` if training diverges (the last good checkpoint
+    is left untouched).
+    """
+    config.validate()
+    config.env_id = resolve_env_id(config.env_id)
+    device = resolve_device(config.device)
+    comm = Collective(device)
+    out = config.resolved_out()
+    threshold = reward_threshold(config.env_id)
+
+    torch.manual_seed(config.seed)  # the network's initial weights
+    algo, envs = build_algorithm(config, device, comm)
+    counters = {"update": 0, "steps": 0, "episodes": 0, "seconds": 0.0, "best_mean": -math.inf,
+                "next_eval_steps": 0}
+    recent: deque[float] = deque(maxlen=100)
+    if resume:
+        payload = load_checkpoint(out / "checkpoint.pt", env_id=config.env_id,
+                                  architecture=algo.architecture())
+        algo.load_state_dict(payload["algorithm"])
+        counters.update(payload["trainer"]["counters"])
+        recent.extend(payload["trainer"]["recent_returns"])
+    algo.reset_envs(env_seed(config.seed, counters["update"], comm.rank))
+
+    if comm.is_main:
+        atomic_write(out / "config.toml", lambda fh: fh.write(config.to_toml().encode()))
+    logger = RunLogger(out, config.total_steps, quiet=config.quiet, log_interval=config.log_interval,
+                       resume_update=counters["update"], initial_steps=counters["steps"],
+                       enabled=comm.is_main)
+    if resume:
+        logger.message(f"resumed {out} at update {counters['update']}, {counters['steps']} steps")
+
+    def save(path: Path) -> None:
+        if comm.is_main:
+            save_checkpoint(path, env_id=config.env_id, architecture=algo.architecture(),
+                            algorithm=algo.state_dict(), config=vars(config),
+                            trainer={"counters": dict(counters), "recent_returns": list(recent)})
+
+    def solved_by_training() -> bool:
+        return threshold is not None and len(recent) == recent.maxlen and np.mean(recent) >= threshold
+
+    stop_reason = "budget"
+    eval_returns = None
+    started = time.perf_counter() - counters["seconds"]
+    try:
+        with _SignalFlag() as interrupt:
+            while counters["steps"] < config.total_steps:
+                iteration = algo.iterate(counters["steps"] / config.total_steps)
+                episodes = comm.gather(iteration.episodes)
+                counters["update"] += 1
+                counters["steps"] += iteration.steps * comm.world_size
+                counters["episodes"] += len(episodes)
+                counters["seconds"] = time.perf_counter() - started
+                recent.extend(r for r, _ in episodes)
+                mean_return = float(np.mean(recent)) if recent else math.nan
+                logger.log({**counters, "mean_return": mean_return, "loss": iteration.loss,
+                            "entropy": iteration.entropy,
+                            "steps_per_second": counters["steps"] / max(counters["seconds"], 1e-9)})
+                if len(recent) == recent.maxlen and mean_return > counters["best_mean"]:
+                    counters["best_mean"] = mean_return
+                    save(out / "best.pt")
+                if counters["update"] % config.checkpoint_interval == 0:
+                    save(out / "checkpoint.pt")
+                    algo.reset_envs(env_seed(config.seed, counters["update"], comm.rank))
+                if (config.stop_when_solved and solved_by_training()
+                        and counters["steps"] >= counters["next_eval_steps"]):
+                    eval_returns = _evaluate(algo, config, device)
+                    logger.message(f"training mean {mean_return:.1f} >= {threshold:g}; greedy "
+                                   f"evaluation: {eval_returns.mean():.1f}")
+                    if eval_returns.mean() >= threshold:
+                        stop_reason = "solved"
+                        break
+                    eval_returns = None
+                    counters["next_eval_steps"] = counters["steps"] + EVAL_RETRY_STEPS
+                if comm.any(interrupt.signum is not None):
+                    raise TrainingInterrupted(interrupt.signum or signal.SIGTERM)
+    except TrainingInterrupted as stop:
+        save(out / "checkpoint.pt")
+        summary = _summary(config, counters, None, threshold, stop_reason="interrupted")
+        _finish(out, summary, logger, comm, threshold)
+        logger.message(f"interrupted by {stop}; checkpoint saved. Resume with: "
+                       f"python -m pylander.train --resume {out}")
+        envs.close()
+        raise
+    except NonFiniteError as exc:
+        logger.close()
+        envs.close()
+        raise NonFiniteError(f"{exc}. The last good checkpoint, {out / 'checkpoint.pt'}, is "
+                             "untouched.") from None
+
+    save(out / "checkpoint.pt")
+    envs.close()
+    if eval_returns is None:
+        eval_returns = _evaluate(algo, config, device)
+    summary = _summary(config, counters, eval_returns, threshold, stop_reason)
+    _finish(out, summary, logger, comm, threshold)
+    verdict = "SOLVED" if summary["solved"] else "not solved"
+    logger.message(f"{verdict}: {summary['eval_episodes']} evaluation episodes returned "
+                   f"{summary['eval_mean_return']:.1f} +- {summary['eval_std_return']:.1f} after "
+                   f"{counters['steps']} steps in {counters['seconds']:.0f} s. Results in {out}/")
+    return summary
+
+
+def _evaluate(algo, config: TrainConfig, device: torch.device) -> np.ndarray:
+    return evaluate(algo.logits, config.env_id, config.eval_episodes, config.seed,
+                    stochastic=config.eval_stochastic, device=device)
+
+
+def _summary(config: TrainConfig, counters: dict, eval_returns: np.ndarray | None,
+             threshold: float | None, stop_reason: str) -> dict:
+    evaluated = eval_returns is not None
+    return {
+        "env": config.env_id, "algo": config.algo, "seed": config.seed,
+        "steps": counters["steps"], "episodes": counters["episodes"], "updates": counters["update"],
+        "seconds": round(counters["seconds"], 3),
+        "steps_per_second": round(counters["steps"] / max(counters["seconds"], 1e-9), 1),
+        "eval_mean_return": float(eval_returns.mean()) if evaluated else None,
+        "eval_std_return": float(eval_returns.std()) if evaluated else None,
+        "eval_episodes": int(eval_returns.size) if evaluated else 0,
+        "eval_greedy": not config.eval_stochastic,
+        "reward_threshold": threshold,
+        "solved": bool(evaluated and threshold is not None and eval_returns.mean() >= threshold),
+        "stop_reason": stop_reason,
+    }
+
+
+def _finish(out: Path, summary: dict, logger: RunLogger, comm: Collective,
+            threshold: float | None) -> None:
+    logger.close()
+    if not comm.is_main:
+        return
+    atomic_write(out / "summary.json", lambda fh: fh.write(json.dumps(summary, indent=2).encode()))
+    plot_learning_curve(out / "metrics.csv", out / "learning_curve.png",
+                        f"{summary['env']} ({summary['algo']}, seed {summary['seed']})", threshold)
