@@ -156,7 +156,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
                 logger.log({**counters, "mean_return": mean_return, "loss": iteration.loss,
                             "entropy": iteration.entropy,
                             "steps_per_second": counters["steps"] / max(counters["seconds"], 1e-9)})
-                if len(recent) == recent.maxlen and mean_return > counters["best_mean"]:
+                if recent and mean_return > counters["best_mean"]:
                     counters["best_mean"] = mean_return
                     save(out / "best.pt")
                 if counters["update"] % config.checkpoint_interval == 0:
@@ -189,6 +189,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
                              "untouched.") from None
 
     save(out / "checkpoint.pt")
+    if not (out / "best.pt").exists():  # no episode finished: the final policy is the best known
+        save(out / "best.pt")
     envs.close()
     if eval_returns is None:
         eval_returns = _evaluate(algo, config, device)

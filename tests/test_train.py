@@ -1,0 +1,115 @@
+"""End-to-end training runs: CartPole to its threshold, and every output file of a run."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import torch
+
+from pylander.checkpoint import load_checkpoint
+from pylander.config import TrainConfig
+from pylander.logger import METRICS
+from pylander.train import main as train_main
+
+# Settings that solve CartPole quickly; the LunarLander defaults are slower on it.
+CARTPOLE = ["--env", "CartPole-v1", "--gamma", "0.98", "--learning-rate", "5e-3", "--ent-coef", "0",
+            "--num-envs", "8", "--num-steps", "64", "--quiet"]
+
+
+def read_metrics(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_cartpole_reaches_its_threshold(tmp_path):
+    out = tmp_path / "cartpole"
+    assert train_main([*CARTPOLE, "--seed", "1", "--total-steps", "150000", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_greedy"] and summary["eval_episodes"] == 100
+    assert summary["eval_mean_return"] >= 475.0, summary
+    assert summary["solved"] is True
+
+
+def test_lunarlander_run_writes_every_output(tmp_path):
+    out = tmp_path / "ll"
+    code = train_main(["--seed", "2", "--total-steps", "3000", "--num-envs", "4", "--num-steps", "64",
+                       "--checkpoint-interval", "4", "--eval-episodes", "3", "--out", str(out), "--quiet"])
+    assert code == 0
+    for name in ["config.toml", "metrics.csv", "checkpoint.pt", "best.pt", "learning_curve.png",
+                 "summary.json"]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert list(out.glob("events.out.tfevents.*")), "no TensorBoard event file"
+
+    config = TrainConfig.load(out / "config.toml")
+    assert config.env_id == "LunarLander-v3" and config.seed == 2 and config.num_envs == 4
+
+    rows = read_metrics(out / "metrics.csv")
+    assert list(rows[0]) == METRICS
+    assert [int(r["update"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert int(rows[-1]["steps"]) == 3072 and len(rows) == 12
+
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ["env", "algo", "seed", "steps", "episodes", "seconds", "steps_per_second",
+                "eval_mean_return", "eval_std_return", "eval_episodes", "solved"]:
+        assert key in summary, key
+    assert summary["steps"] == 3072 and summary["eval_episodes"] == 3 and summary["solved"] is False
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out))
+    events.Reload()
+    assert "train/loss" in events.Tags()["scalars"]
+
+    checkpoint = load_checkpoint(out / "checkpoint.pt", env_id="LunarLander-v3")
+    assert checkpoint["trainer"]["counters"]["update"] == 12
+    load_checkpoint(out / "best.pt", env_id="LunarLander-v3")
+
+    # The saved config reproduces the run.
+    again = tmp_path / "again"
+    assert train_main(["--config", str(out / "config.toml"), "--out", str(again), "--quiet"]) == 0
+    assert strip_seconds(read_metrics(again / "metrics.csv")) == strip_seconds(rows)
+
+
+def strip_seconds(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    runs = []
+    for name in ["a", "b"]:
+        out = tmp_path / name
+        assert train_main([*CARTPOLE, "--seed", "5", "--total-steps", "6000", "--eval-episodes", "2",
+                           "--out", str(out)]) == 0
+        runs.append(strip_seconds(read_metrics(out / "metrics.csv")))
+    assert runs[0] == runs[1]
+    other = tmp_path / "c"
+    assert train_main([*CARTPOLE, "--seed", "6", "--total-steps", "6000", "--eval-episodes", "2",
+                       "--out", str(other)]) == 0
+    assert strip_seconds(read_metrics(other / "metrics.csv")) != runs[0]
+
+
+def test_notebook_env_name_maps_to_v3(tmp_path, capsys):
+    out = tmp_path / "v2"
+    assert train_main(["--env", "LunarLander-v2", "--total-steps", "256", "--num-envs", "2",
+                       "--num-steps", "128", "--eval-episodes", "1", "--out", str(out), "--quiet"]) == 0
+    assert "LunarLander-v2 is not in gymnasium 1.x; using LunarLander-v3" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["env"] == "LunarLander-v3"
+
+
+def test_mean_and_no_baseline_train(tmp_path):
+    for baseline in ["mean", "none"]:
+        out = tmp_path / baseline
+        assert train_main([*CARTPOLE, "--baseline", baseline, "--total-steps", "3000",
+                           "--eval-episodes", "2", "--out", str(out)]) == 0
+        rows = read_metrics(out / "metrics.csv")
+        assert all(r["loss"] not in ("nan", "") for r in rows[1:])
+        assert "critic" not in "".join(load_checkpoint(out / "checkpoint.pt")["algorithm"]["policy"])
+
+
+def test_acrobot_trains(tmp_path):
+    out = tmp_path / "acrobot"
+    assert train_main(["--env", "Acrobot-v1", "--total-steps", "2048", "--num-envs", "4",
+                       "--eval-episodes", "2", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["env"] == "Acrobot-v1"
+    assert torch.isfinite(torch.tensor(float(read_metrics(out / "metrics.csv")[-1]["loss"])))
