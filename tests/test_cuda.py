@@ -46,6 +46,10 @@ def _batch(B, A, dtype, device, seed=0):
     return [x.to(device) for x in (logits, actions, weights)]
 
 
+def _scalar(value, dtype, device):
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
 def _cpu(xs):
     return [x.cpu() if isinstance(x, torch.Tensor) else x for x in xs]
 
@@ -62,13 +66,16 @@ def test_built_with_cuda_kernels():
 def test_opcheck_discounted_returns(dev, dtype, with_bootstrap):
     rewards, _, dones, last = _rollout(6, 5, dtype, dev)
     bootstrap = last.requires_grad_() if with_bootstrap else None
-    torch.library.opcheck(_ops.discounted_returns, (rewards.requires_grad_(), dones, 0.9, bootstrap))
+    args = (rewards.requires_grad_(), dones, 0.9, bootstrap)
+    torch.library.opcheck(_ops.discounted_returns, args)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_opcheck_gae(dev, dtype):
     rewards, values, dones, last = _rollout(6, 5, dtype, dev)
-    args = (rewards.requires_grad_(), values.requires_grad_(), dones, last.requires_grad_(), 0.99, 0.95)
+    args = (
+        rewards.requires_grad_(), values.requires_grad_(), dones, last.requires_grad_(), 0.99, 0.95
+    )
     torch.library.opcheck(_ops.gae, args)
 
 
@@ -84,7 +91,7 @@ def test_opcheck_pg_loss(dev, dtype, reduction):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_opcheck_pg_loss_backward(dev, dtype):
     logits, actions, weights = _batch(7, 4, dtype, dev)
-    grads = (torch.tensor(1.3, dtype=dtype, device=dev), torch.tensor(-0.2, dtype=dtype, device=dev))
+    grads = (_scalar(1.3, dtype, dev), _scalar(-0.2, dtype, dev))
     torch.library.opcheck(_ops.pg_loss_backward, (*grads, logits, actions, weights, "mean"))
 
 
@@ -179,7 +186,7 @@ def test_pg_loss_forward_backward_matches_cpu(dev, dtype, shape, reduction):
 def test_pg_loss_backward_matches_cpu(dev, dtype, shape):
     logits, actions, weights = _batch(*shape, dtype, dev, seed=3)
     for reduction in ("mean", "sum"):
-        grads = [torch.tensor(0.7, dtype=dtype, device=dev), torch.tensor(-1.9, dtype=dtype, device=dev)]
+        grads = [_scalar(0.7, dtype, dev), _scalar(-1.9, dtype, dev)]
         args = [*grads, logits, actions, weights, reduction]
         out = _ops.pg_loss_backward(*args)
         assert out.device == dev and out.shape == logits.shape
@@ -192,11 +199,16 @@ def test_pg_loss_backward_matches_cpu(dev, dtype, shape):
 def test_kernels_use_the_current_stream(dev):
     rewards, values, dones, last = _rollout(50, 33, torch.float32, dev)
     logits, actions, weights = _batch(300, 5, torch.float32, dev)
-    expected = ops.gae(rewards, values, dones, last, 0.9, 0.8), ops.pg_loss(logits, actions, weights)
+
+    def run():
+        advantages = ops.gae(rewards, values, dones, last, 0.9, 0.8)
+        return advantages, ops.pg_loss(logits, actions, weights)
+
+    expected = run()
     stream = torch.cuda.Stream(device=dev)
     stream.wait_stream(torch.cuda.current_stream(dev))
     with torch.cuda.stream(stream):
-        got = ops.gae(rewards, values, dones, last, 0.9, 0.8), ops.pg_loss(logits, actions, weights)
+        got = run()
     torch.cuda.current_stream(dev).wait_stream(stream)
     torch.testing.assert_close(got, expected)
 
@@ -231,7 +243,8 @@ def test_sample_categorical_is_inverse_cdf_of_torch_uniforms(dev, dtype):
     """The kernel draws one float64 uniform per row with at::rand on the generator."""
     logits = _batch(4096, 7, dtype, dev, seed=5)[0]
     actions, _ = ops.sample_categorical(logits, torch.Generator(device=dev).manual_seed(9))
-    u = torch.rand(4096, generator=torch.Generator(device=dev).manual_seed(9), dtype=torch.float64, device=dev)
+    gen = torch.Generator(device=dev).manual_seed(9)
+    u = torch.rand(4096, generator=gen, dtype=torch.float64, device=dev)
     z = logits.double().cpu()
     p = torch.exp(z - z.max(1, keepdim=True).values)
     hit = (p.cumsum(1) > (u.cpu() * p.sum(1))[:, None]) & (p > 0)
@@ -245,7 +258,8 @@ def test_sample_categorical_distribution_chi_square(dev, dtype):
     row = torch.tensor([1.0, 0.0, -1.0, 2.0, -1000.0], dtype=dtype)
     n = 200_000
     logits = row.to(dev).expand(n, -1).contiguous()
-    actions, log_probs = ops.sample_categorical(logits, torch.Generator(device=dev).manual_seed(2024))
+    gen = torch.Generator(device=dev).manual_seed(2024)
+    actions, log_probs = ops.sample_categorical(logits, gen)
     counts = torch.bincount(actions.cpu(), minlength=5).double()
     assert counts[4] == 0
     probs = torch.softmax(row.double()[:4], 0)
@@ -289,7 +303,8 @@ def test_non_finite_inputs_raise_value_error(dev, dtype):
     # T == 0: the bootstrap is still checked.
     _raises_like_cpu(ValueError, "pylander: `rewards` or `bootstrap` contains NaN or infinity",
                      ops.discounted_returns, [rewards[:0], dones[:0], 0.9, boot])
-    _raises_like_cpu(ValueError, "pylander: `rewards`, `values` or `last_values` contains NaN or infinity",
+    _raises_like_cpu(ValueError,
+                     "pylander: `rewards`, `values` or `last_values` contains NaN or infinity",
                      ops.gae, [rewards, values, dones, boot, 0.9, 0.9])
 
     logits, actions, weights = _batch(5, 3, dtype, dev)
@@ -325,7 +340,10 @@ def test_device_mismatch_errors(dev):
     rewards, values, dones, last = _rollout(4, 3, torch.float32, dev)
 
     def mismatch(name, where, ref, ref_where):
-        return f"pylander: `{name}` is on {where} but `{ref}` is on {ref_where}; move them to the same device"
+        return (
+            f"pylander: `{name}` is on {where} but `{ref}` is on {ref_where}; "
+            "move them to the same device"
+        )
 
     with pytest.raises(RuntimeError, match=re.escape(mismatch("dones", cpu, "rewards", dev))):
         ops.discounted_returns(rewards, dones.cpu(), 0.9)
@@ -350,7 +368,9 @@ def test_device_mismatch_errors(dev):
         ops.sample_categorical(logits, torch.Generator().manual_seed(0))
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.skipif(
+    torch.cuda.is_available() and torch.cuda.device_count() < 2, reason="needs two CUDA devices"
+)
 def test_second_gpu_and_cross_gpu_mismatch():
     d0, d1 = torch.device("cuda", 0), torch.device("cuda", 1)
     rewards, values, dones, last = _rollout(30, 9, torch.float64, d1)
@@ -363,7 +383,9 @@ def test_second_gpu_and_cross_gpu_mismatch():
     assert loss.device == d1 and entropy.device == d1
     sampled, _ = ops.sample_categorical(logits, torch.Generator(device=d1).manual_seed(0))
     assert sampled.device == d1
-    with pytest.raises(RuntimeError, match=re.escape(f"`dones` is on {d0} but `rewards` is on {d1}")):
+    message = f"`dones` is on {d0} but `rewards` is on {d1}"
+    with pytest.raises(RuntimeError, match=re.escape(message)):
         ops.discounted_returns(rewards, dones.to(d0), 0.9)
-    with pytest.raises(RuntimeError, match=re.escape(f"`generator` is on {d0} but `logits` is on {d1}")):
+    message = f"`generator` is on {d0} but `logits` is on {d1}"
+    with pytest.raises(RuntimeError, match=re.escape(message)):
         ops.sample_categorical(logits, torch.Generator(device=d0))

@@ -1,6 +1,11 @@
 // CUDA weighted log-prob objective, mean entropy and their gradient with respect to the logits,
-// with the semantics of csrc/cpu/pg_loss.cpp. One thread per row computes max, log-sum-exp, the
-// row's loss term and entropy in double; the rows are then summed with at::sum on the device.
+// with the semantics of csrc/cpu/pg_loss.cpp. One thread per row computes the row's softmax
+// statistics, loss term and entropy in double; the rows are then summed with at::sum on the
+// device.
+//
+// As on the CPU, with shifted_j = z_j - max, e_j = exp(shifted_j) and S = sum_j e_j:
+//   log p_j = shifted_j - log S   and   H = log S - (sum_j e_j shifted_j) / S,
+// a sum of two non-negative terms, so the entropy never cancels, even for huge logits.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -16,18 +21,35 @@ namespace {
 
 using namespace cuda_detail;
 
-// max and log-sum-exp of one row of length A, in double. Clears `finite` on NaN or infinity.
+struct RowSoftmax {
+  double max;      // max_j z_j
+  double log_sum;  // log S
+  double inv_sum;  // 1 / S
+  double entropy;  // H
+};
+
+// One row's softmax statistics, in double. Clears `finite` on NaN or infinity. The CPU kernel
+// keeps shifted_j and e_j in a per-row buffer; here they are recomputed (the same values).
 template <typename scalar_t>
-__device__ __forceinline__ double row_lse(const scalar_t* z, int64_t A, bool& finite) {
+__device__ __forceinline__ RowSoftmax row_softmax(const scalar_t* z, int64_t A, bool& finite) {
   double max = neg_infinity();
+  bool row_finite = true;
   for (int64_t j = 0; j < A; ++j) {
-    const double x = static_cast<double>(z[j]);
-    finite = finite && is_finite(x);
-    max = max < x ? x : max;  // std::max(max, x)
+    const double zj = static_cast<double>(z[j]);
+    row_finite = row_finite && is_finite(zj);
+    max = zj > max ? zj : max;
   }
-  double sum = 0.0;
-  for (int64_t j = 0; j < A; ++j) sum += exp(static_cast<double>(z[j]) - max);
-  return max + log(sum);
+  finite = finite && row_finite;
+  double sum = 0.0, weighted = 0.0;  // S and sum_j e_j shifted_j <= 0
+  for (int64_t j = 0; j < A; ++j) {
+    const double shifted = static_cast<double>(z[j]) - max;
+    const double e = exp(shifted);
+    sum += e;
+    weighted += e * shifted;
+  }
+  const double inv_sum = 1.0 / sum;
+  const double log_sum = log(sum);
+  return {max, log_sum, inv_sum, log_sum - weighted * inv_sum};
 }
 
 template <typename scalar_t>
@@ -40,7 +62,7 @@ __global__ void pg_forward_kernel(const scalar_t* __restrict__ z, const int64_t*
        i += stride) {
     const scalar_t* zi = z + i * A;
     bool finite = true;
-    const double lse = row_lse(zi, A, finite);
+    const RowSoftmax row = row_softmax(zi, A, finite);
     finite = finite && is_finite(static_cast<double>(w[i]));
     if (!finite) flags[kNonFinite] = 1;
     const int64_t ai = a[i];
@@ -50,15 +72,9 @@ __global__ void pg_forward_kernel(const scalar_t* __restrict__ z, const int64_t*
       row_entropy[i] = 0.0;
       continue;
     }
-    row_loss[i] = -static_cast<double>(w[i]) * (static_cast<double>(zi[ai]) - lse);
-    // -sum_j p_j log p_j with log p_j formed first, as on the CPU (lse - sum_j p_j z_j cancels
-    // catastrophically for large logits).
-    double entropy = 0.0;
-    for (int64_t j = 0; j < A; ++j) {
-      const double logp = static_cast<double>(zi[j]) - lse;
-      entropy -= exp(logp) * logp;
-    }
-    row_entropy[i] = entropy;
+    const double shifted_a = static_cast<double>(zi[ai]) - row.max;
+    row_loss[i] = -static_cast<double>(w[i]) * (shifted_a - row.log_sum);
+    row_entropy[i] = row.entropy;
   }
 }
 
@@ -80,25 +96,22 @@ __global__ void pg_backward_kernel(const scalar_t* __restrict__ z, const int64_t
        i += stride) {
     const scalar_t* zi = z + i * A;
     bool finite = true;
-    const double lse = row_lse(zi, A, finite);
+    const RowSoftmax row = row_softmax(zi, A, finite);
     if (!finite) flags[kNonFinite] = 1;
     const int64_t ai = a[i];
     if (ai < 0 || ai >= A) {
       flags[kBadAction] = 1;
       continue;
     }
-    double entropy = 0.0;
-    for (int64_t j = 0; j < A; ++j) {
-      const double logp = static_cast<double>(zi[j]) - lse;
-      entropy -= exp(logp) * logp;
-    }
     const double coef = -g_loss * static_cast<double>(w[i]);
+    const double entropy_shift = row.entropy - row.log_sum;  // log p_j + H = shifted_j + this
     scalar_t* gzi = gz + i * A;
     for (int64_t j = 0; j < A; ++j) {
-      const double logp = static_cast<double>(zi[j]) - lse;
-      const double p = exp(logp);
+      const double shifted = static_cast<double>(zi[j]) - row.max;
+      const double p = exp(shifted) * row.inv_sum;
       const double onehot = j == ai ? 1.0 : 0.0;
-      gzi[j] = static_cast<scalar_t>(coef * (onehot - p) - g_entropy * p * (logp + entropy));
+      gzi[j] = static_cast<scalar_t>(coef * (onehot - p) -
+                                     g_entropy * p * (shifted + entropy_shift));
     }
   }
 }
@@ -164,7 +177,7 @@ at::Tensor pg_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& 
   const auto gl = scalar_grad_on(grad_loss, logits);
   const auto ge = scalar_grad_on(grad_entropy, logits);
   const auto z = logits.contiguous();
-  auto grad = at::empty_like(z);
+  auto grad = at::empty_like(z, at::MemoryFormat::Contiguous);
   if (B == 0) return grad;
   const auto a = actions.contiguous();
   const auto w = weights.contiguous();
