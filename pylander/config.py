@@ -49,6 +49,7 @@ class TrainConfig:
     # --- policy gradient -------------------------------------------------------------------
     gamma: float = setting(0.999, "discount factor")
     gae_lambda: float = setting(0.95, "GAE lambda (baseline=value)")
+    reward_scale: float = setting(1.0, "multiply rewards by this for learning (logged returns stay raw)")
     baseline: Baseline = setting("value", "value: learned critic + GAE; mean: batch-mean return; none")
     normalize_advantages: bool = setting(True, "normalise advantages per batch")
     ent_coef: float = setting(0.01, "entropy bonus coefficient")
@@ -56,7 +57,9 @@ class TrainConfig:
     max_grad_norm: float = setting(0.5, "gradient-norm clipping threshold")
     learning_rate: float = setting(1e-3, "Adam learning rate")
     anneal_lr: bool = setting(True, "anneal the learning rate linearly to 0 over total_steps")
-    minibatches: int = setting(1, "Adam steps per rollout, each on a disjoint slice of it")
+    epochs: int = setting(1, "passes over each rollout (more than 1 reuses slightly stale data)")
+    minibatches: int = setting(1, "Adam steps per pass, each on a disjoint slice of the rollout")
+    target_kl: float = setting(0.0, "end an update early once KL(old || new policy) exceeds this (0: never)")
     hidden_sizes: list[int] = setting([64, 64], "hidden layer widths of the actor and the critic")
 
     # --- seed (notebook) mode --------------------------------------------------------------
@@ -74,7 +77,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that is out of range."""
-        positive = ["total_steps", "torch_threads", "num_envs", "num_steps", "minibatches", "eval_episodes",
+        positive = ["total_steps", "torch_threads", "epochs", "num_envs", "num_steps", "minibatches", "eval_episodes",
                     "log_interval", "checkpoint_interval"]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -83,11 +86,11 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
-        for name in ["learning_rate", "alpha", "max_grad_norm"]:
+        for name in ["learning_rate", "alpha", "max_grad_norm", "reward_scale"]:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value}")
-        for name in ["ent_coef", "vf_coef"]:
+        for name in ["ent_coef", "vf_coef", "target_kl"]:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be >= 0, got {value}")

@@ -4,15 +4,36 @@ Every rank runs its own vector env with distinct seeds and computes gradients on
 rollout; :class:`Collective` sums what must be global (gradients, advantage statistics, sample
 counts), so every rank applies the same update and the parameters stay identical. With one
 process every method is the identity and nothing here touches torch.distributed.
+
+Failure model: every collective has a timeout (:func:`init_from_env`, ``PYLANDER_DIST_TIMEOUT``
+seconds, 300 by default). A rank that dies closes its connections, so with gloo the others fail
+at their next collective at once; a rank that hangs makes them fail after the timeout. Either
+way each surviving rank raises :class:`DistributedError` naming itself and the operation, rather
+than hanging. (With NCCL a dead peer is detected by NCCL's watchdog after the same timeout, which
+then aborts the process.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 300.0
+TIMEOUT_ENV = "PYLANDER_DIST_TIMEOUT"
+_timeout_s = DEFAULT_TIMEOUT_S
+
+
+class DistributedError(RuntimeError):
+    """A collective with the other ranks failed: a rank died, hung, or disagrees with this one."""
 
 
 class Collective:
@@ -26,38 +47,71 @@ class Collective:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one torch.distributed call, turning a lost peer or timeout into DistributedError."""
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as exc:  # DistBackendError, DistNetworkError, gloo/NCCL errors
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise DistributedError(
+                f"rank {self.rank} of {self.world_size}: {what} with the other ranks failed "
+                f"({reason}). Another rank has probably died, hung or been stopped; see its own "
+                f"output. A hung rank is given up on after {_timeout_s:g} s ({TIMEOUT_ENV})."
+            ) from exc
+
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise sum over ranks (a new tensor; the input is left alone)."""
         if not self.active:
             return values
         out = values.detach().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        self._call("summing statistics", dist.all_reduce, out, op=dist.ReduceOp.SUM)
         return out
 
     def sum_gradients(self, parameters) -> None:
-        """Replace each parameter's gradient by its sum over ranks (one flat all-reduce)."""
+        """Replace each parameter's gradient by its sum over ranks (one flat all-reduce).
+
+        A parameter without a gradient counts as a zero one, so every rank reduces a buffer of
+        the same layout whatever its local batch held.
+        """
         if not self.active:
             return
-        grads = [p.grad for p in parameters if p.grad is not None]
+        params = list(parameters)
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        self._call("summing gradients", dist.all_reduce, flat, op=dist.ReduceOp.SUM)
         offset = 0
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
 
+    def gather_columns(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``[T, N]`` from every rank -> ``[T, N * world_size]``, rank r's in columns r*N...
+
+        Every rank must pass the same shape (the same ``num_steps`` and ``num_envs``).
+        """
+        if not self.active:
+            return tensor
+        dtype = tensor.dtype
+        mine = tensor.to(torch.uint8) if dtype == torch.bool else tensor  # gloo has no bool
+        parts = [torch.empty_like(mine) for _ in range(self.world_size)]
+        self._call("gathering rollout layouts", dist.all_gather, parts, mine.contiguous())
+        return torch.cat(parts, dim=1).to(dtype)
+
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
         """Make every rank start from rank 0's parameters."""
         if self.active:
             for tensor in module.state_dict().values():
-                dist.broadcast(tensor, src=0)
+                self._call("broadcasting the initial parameters", dist.broadcast, tensor, src=0)
 
     def gather(self, items: list) -> list:
         """Concatenate a small Python list from every rank, in rank order, on every rank."""
         if not self.active:
             return items
         gathered: list = [None] * self.world_size
-        dist.all_gather_object(gathered, items)
+        self._call("gathering results", dist.all_gather_object, gathered, items)
         return [x for part in gathered for x in part]
 
     def any(self, flag: bool) -> bool:
@@ -66,19 +120,116 @@ class Collective:
             return flag
         return bool(self.sum(torch.tensor([float(flag)], device=self.device)).item() > 0)
 
+    def on_main(self, fn: Callable[[], T], what: str = "a result from rank 0") -> T:
+        """Call ``fn`` on rank 0 only; every rank returns its result, or raises its exception.
 
-def init_from_env(device: torch.device, timeout_s: float = 300.0) -> bool:
+        For work only rank 0 does (loading a checkpoint, evaluating) whose outcome every rank
+        must act on in the same way. The other ranks wait, within the collective timeout.
+        """
+        if not self.active:
+            return fn()
+        box: list = [None]
+        if self.is_main:
+            try:
+                box[0] = (True, fn())
+            except Exception as exc:  # re-raised below, on every rank
+                box[0] = (False, _picklable(exc))
+        self._call(f"waiting for {what}", dist.broadcast_object_list, box, src=0)
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def check_identical(self, tensors: dict[str, torch.Tensor], what: str = "parameters") -> str | None:
+        """Raise :class:`DistributedError` on every rank unless ``tensors`` are bitwise equal on all.
+
+        Summed gradients are bitwise equal on every rank, so the replicated parameters must be
+        too; a difference means the ranks ran different code or settings. Returns the digest
+        (None with one process, which has nothing to compare).
+        """
+        if not self.active:
+            return None
+        digest = hashlib.sha256()
+        for name in sorted(tensors):
+            digest.update(name.encode())
+            flat = tensors[name].detach().cpu().contiguous().reshape(-1)
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        mine = digest.hexdigest()
+        digests: list = [None] * self.world_size
+        self._call(f"comparing {what}", dist.all_gather_object, digests, mine)
+        if len(set(digests)) > 1:
+            differ = [r for r, d in enumerate(digests) if d != digests[0]]
+            raise DistributedError(
+                f"the ranks' {what} differ (ranks {differ} differ from rank 0): data-parallel "
+                "training has diverged; were all ranks started with the same pylander, torch "
+                "and settings?")
+        return mine
+
+    def check_same_settings(self, settings: str) -> None:
+        """Raise ValueError on every rank unless all ranks pass the same ``settings`` text."""
+        if not self.active:
+            return
+        mine = hashlib.sha256(settings.encode()).hexdigest()
+        digests: list = [None] * self.world_size
+        self._call("comparing settings", dist.all_gather_object, digests, mine)
+        differ = [r for r, d in enumerate(digests) if d != digests[0]]
+        if differ:
+            raise ValueError(f"ranks {differ} were started with other settings than rank 0; every "
+                             "rank must get the same flags (and --config/--resume contents)")
+
+
+def _picklable(exc: Exception) -> Exception:
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def timeout_from_env() -> float:
+    """The collective timeout: ``PYLANDER_DIST_TIMEOUT`` seconds, else 300."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"{TIMEOUT_ENV} must be positive, got {raw!r}")
+    return value
+
+
+def init_from_env(device: torch.device, timeout_s: float | None = None) -> bool:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR...), if any.
 
-    A rank that dies makes the others fail at their next collective within ``timeout_s``
-    instead of hanging forever. Returns whether a process group was started.
+    A rank that dies makes the others fail at their next collective (within ``timeout_s``,
+    default :func:`timeout_from_env`) instead of hanging forever. Returns whether a process
+    group was started.
     """
+    global _timeout_s
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    _timeout_s = timeout_from_env() if timeout_s is None else float(timeout_s)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ["WORLD_SIZE"])
+    kwargs: dict[str, Any] = {}
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise ValueError(
+                f"local rank {local_rank} has no GPU of its own: this machine has {count}, and "
+                "NCCL needs one GPU per process. Start at most that many processes per machine "
+                "(--procs / --nproc-per-node) or train on the CPU with --device cpu (gloo).")
+        torch.cuda.set_device(local_rank)
+        kwargs["device_id"] = torch.device("cuda", local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    try:
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=_timeout_s), **kwargs)
+    except RuntimeError as exc:  # DistStoreError / DistNetworkError: nobody came, or no route
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise DistributedError(
+            f"rank {rank} of {world} could not join the {backend} process group at {where} "
+            f"within {_timeout_s:g} s: {reason}") from exc
     return True
 
 

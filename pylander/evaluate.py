@@ -20,7 +20,7 @@ from torch import Tensor
 
 from pylander import ops
 from pylander.checkpoint import CheckpointError, load_checkpoint
-from pylander.envs import make_vector_env, resolve_env_id
+from pylander.envs import check_spaces, make_vector_env, resolve_env_id
 
 LogitsFn = Callable[[Tensor], Tensor]
 EVAL_SEED_OFFSET = 1_000_003
@@ -66,17 +66,38 @@ def policy_from_checkpoint(payload: dict) -> tuple[LogitsFn, str]:
 
     arch = payload["architecture"]
     state = payload["algorithm"]["policy"]
-    if arch["algo"] == "seed":
-        net = reference.PolicyNetwork((arch["obs_size"], arch["num_actions"]))
-    else:
-        net = ActorCritic(arch["obs_size"], arch["num_actions"], arch["hidden_sizes"], arch["critic"])
+    try:
+        if arch["algo"] == "seed":
+            net = reference.PolicyNetwork((arch["obs_size"], arch["num_actions"]))
+        else:
+            net = ActorCritic(arch["obs_size"], arch["num_actions"], arch["hidden_sizes"],
+                              arch["critic"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"the checkpoint's architecture {arch} is damaged: "
+                              f"{type(exc).__name__}: {exc}") from None
     try:
         net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint parameters do not fit its own architecture: {exc}") from None
+    except (RuntimeError, TypeError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint parameters do not fit its own architecture: {reason}") from None
     net.eval()
     logits_fn = net if arch["algo"] == "seed" else net.logits
     return logits_fn, payload["env_id"]
+
+
+def check_fits_env(architecture: dict, env_id: str) -> None:
+    """Raise CheckpointError unless the policy's input and output sizes are the env's."""
+    env = gym.make(env_id)
+    try:
+        obs_size, num_actions = check_spaces(env, env_id)
+    finally:
+        env.close()
+    if (architecture.get("obs_size"), architecture.get("num_actions")) != (obs_size, num_actions):
+        raise CheckpointError(
+            f"the checkpoint's policy takes {architecture.get('obs_size')} observations and "
+            f"{architecture.get('num_actions')} actions, but {env_id} has {obs_size} and "
+            f"{num_actions}")
 
 
 def record_video(logits_fn: LogitsFn, env_id: str, path: Path, seed: int) -> float:
@@ -124,8 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes <= 0:
         parser.error(f"--episodes must be positive, got {args.episodes}")
     try:
-        logits_fn, env_id = policy_from_checkpoint(load_checkpoint(args.checkpoint))
+        payload = load_checkpoint(args.checkpoint)
+        logits_fn, env_id = policy_from_checkpoint(payload)
         env_id = resolve_env_id(env_id, announce=False)
+        check_fits_env(payload["architecture"], env_id)
         returns = evaluate(logits_fn, env_id, args.episodes, args.seed, stochastic=args.stochastic)
         video_return = record_video(logits_fn, env_id, args.video, args.seed) if args.video else None
     except (CheckpointError, ValueError) as exc:

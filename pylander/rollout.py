@@ -55,6 +55,15 @@ class RolloutCollector:
         self.terminated = torch.zeros(num_steps, n, dtype=torch.bool)
         self.truncated = torch.zeros(num_steps, n, dtype=torch.bool)
         self.valid = torch.zeros(num_steps, n, dtype=torch.bool)
+        # NumPy views of the CPU buffers: writing a row through them costs a fraction of a
+        # tensor index assignment, and collect() does several per env step.
+        self._actions_np = self.actions.numpy()
+        self._rewards_np = self.rewards.numpy()
+        self._terminated_np = self.terminated.numpy()
+        self._truncated_np = self.truncated.numpy()
+        self._valid_np = self.valid.numpy()
+        self._obs_np = self.obs.numpy() if self.obs.device.type == "cpu" else None
+        self._obs_rows = self.obs.unbind(0)  # the policy's input at step t, as views made once
         self._next_obs = np.zeros((n, obs_size), dtype=np.float32)
         self._after_done = np.zeros(n, dtype=bool)
         self._episode_return = np.zeros(n)
@@ -72,22 +81,30 @@ class RolloutCollector:
 
     def collect(self) -> Rollout:
         T = self.actions.shape[0]
-        for t in range(T):
-            obs_t = self.obs[t]
-            obs_t.copy_(torch.from_numpy(np.asarray(self._next_obs, dtype=np.float32)))
-            actions = self.policy.act(obs_t, self.generator).cpu()
-            obs, reward, terminated, truncated, _ = self.envs.step(actions.numpy())
-            valid = ~self._after_done
-            self.actions[t] = actions
-            self.rewards[t] = torch.from_numpy(np.asarray(reward, dtype=np.float32))
-            self.terminated[t] = torch.from_numpy(terminated)
-            self.truncated[t] = torch.from_numpy(truncated)
-            self.valid[t] = torch.from_numpy(valid)
-            self._track_episodes(reward, terminated | truncated, valid)
-            self._after_done = terminated | truncated
-            self._next_obs = obs
-        self.obs[T].copy_(torch.from_numpy(np.asarray(self._next_obs, dtype=np.float32)))
+        # Inference mode: the policy's forward pass and the sampler skip autograd's dispatch and
+        # bookkeeping entirely (no_grad still pays for them); nothing here is differentiated.
+        with torch.inference_mode():
+            for t in range(T):
+                self._store_obs(t, self._next_obs)
+                actions = self.policy.act(self._obs_rows[t], self.generator).cpu().numpy()
+                obs, reward, terminated, truncated, _ = self.envs.step(actions)
+                valid = ~self._after_done
+                self._actions_np[t] = actions
+                self._rewards_np[t] = reward  # float64 -> float32, as np.asarray(..., float32)
+                self._terminated_np[t] = terminated
+                self._truncated_np[t] = truncated
+                self._valid_np[t] = valid
+                self._track_episodes(reward, terminated | truncated, valid)
+                self._after_done = terminated | truncated
+                self._next_obs = obs
+            self._store_obs(T, self._next_obs)
         return Rollout(self.obs, self.actions, self.rewards, self.terminated, self.truncated, self.valid)
+
+    def _store_obs(self, t: int, obs: np.ndarray) -> None:
+        if self._obs_np is not None:
+            self._obs_np[t] = obs
+        else:
+            self.obs[t].copy_(torch.from_numpy(np.asarray(obs, dtype=np.float32)))
 
     def _track_episodes(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:
         self._episode_return += np.where(valid, reward, 0.0)

@@ -62,6 +62,17 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     """Defaults < --config file (or the resumed run's config) < flags given on the command line."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if getattr(args, f.name) is not None}
+    if args.resume is not None:
+        if args.force:
+            parser.error("--resume continues a run and --force replaces one; give only one")
+        if args.config is not None:
+            parser.error("--resume takes its settings from the run's own config.toml; give "
+                         "flags to change some, not --config")
+        if args.out is not None and Path(args.out).resolve() != args.resume.resolve():
+            parser.error(f"--resume {args.resume} continues the run in that directory; drop "
+                         f"--out {args.out}")
+        if not (args.resume / "config.toml").is_file():
+            parser.error(f"--resume {args.resume}: no run there (no config.toml)")
     try:
         if args.resume is not None:
             config = TrainConfig.load(args.resume / "config.toml")
@@ -76,14 +87,43 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         config.validate()
     except ValueError as exc:
         parser.error(str(exc))
+    if not 0 <= config.seed < MAX_SEED:
+        parser.error(f"seed must be in [0, 2**63), got {config.seed}")
     return config
+
+
+MAX_SEED = 2**63
+"""Seeds (plus the small offsets added for ranks and evaluation) must fit torch's uint64 seeds."""
+
+
+def check_env(env_id: str, parser: argparse.ArgumentParser) -> None:
+    """Fail with a usage error, before anything is written, for an env pylander cannot train."""
+    import gymnasium as gym
+
+    from pylander.envs import check_spaces, resolve_env_id
+
+    try:
+        env_id = resolve_env_id(env_id, announce=False)
+    except ValueError as exc:
+        parser.error(f"--env: {exc}")
+    try:
+        env = gym.make(env_id)
+    except Exception as exc:  # missing extras (DependencyNotInstalled), bad kwargs, ...
+        parser.error(f"--env {env_id} cannot be created: {type(exc).__name__}: {exc}")
+    try:
+        check_spaces(env, env_id)
+    except ValueError as exc:
+        parser.error(f"--env: {exc}")
+    finally:
+        env.close()
 
 
 def prepare_out_dir(out: Path, *, resume: bool, force: bool, parser: argparse.ArgumentParser) -> None:
     """Refuse to mix two runs in one directory, and fail early if it cannot be written."""
     if resume:
         if not (out / "checkpoint.pt").is_file():
-            parser.error(f"--resume {out}: no checkpoint.pt there to resume from")
+            parser.error(f"--resume {out}: no checkpoint.pt there to resume from (the run stopped "
+                         f"before its first checkpoint); start it again with --out {out} --force")
         return
     held = [name for name in RUN_MARKERS if (out / name).exists()]
     if held and not force:
@@ -116,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return launch_local(args.procs, sys.argv[1:] if argv is None else argv)
     config = config_from_args(args, parser)
+    check_env(config.env_id, parser)
     out = config.resolved_out()
-    if int(os.environ.get("RANK", "0")) == 0:
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank:
         prepare_out_dir(out, resume=args.resume is not None, force=args.force, parser=parser)
 
     # Imported late so that `--help` and argument errors answer without loading torch.
@@ -133,8 +175,20 @@ def main(argv: list[str] | None = None) -> int:
         init_from_env(resolve_device(config.device))
         train(config, resume=args.resume is not None)
     except TrainingInterrupted as stop:
+        if main_rank:
+            print(stop, file=sys.stderr)
         return 128 + stop.signum
+    except KeyboardInterrupt:  # a second signal, or one before training started
+        saved = out / "checkpoint.pt"
+        hint = (f"{saved} holds the last checkpoint saved. Resume with: python -m pylander.train "
+                f"--resume {out}" if saved.is_file() else "no checkpoint was saved")
+        if main_rank:
+            print(f"interrupted at once; {hint}", file=sys.stderr)
+        return 128 + signal.SIGINT
     except (ValueError, CheckpointError, NonFiniteError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the disk filled up or the run directory went away
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -7,11 +7,17 @@ Run directory (``config.resolved_out()``): ``config.toml``, ``metrics.csv``, Ten
 
 Resuming is exact: at every checkpoint all envs start fresh episodes from a seed derived from
 (seed, update, rank), so a run resumed from a checkpoint continues exactly as the uninterrupted
-run did (same parameters and metrics on the CPU).
+run did (same parameters and metrics on the CPU). That holds for a run killed outright (even by
+SIGKILL during a save: checkpoints are written atomically), which resumes from its last periodic
+checkpoint. SIGINT/SIGTERM instead save a checkpoint at the update where they stop the run, and
+``summary.json``; resumed from there, its envs start fresh episodes at that update instead of
+running on to the next boundary, so it continues the run but is not a bitwise copy of one never
+stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -24,7 +30,8 @@ import numpy as np
 import torch
 
 from pylander.algorithms import NonFiniteError
-from pylander.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from pylander.checkpoint import (CheckpointError, atomic_write, load_checkpoint,
+                                 remove_stale_temporaries, save_checkpoint)
 from pylander.config import TrainConfig
 from pylander.distributed import Collective
 from pylander.envs import check_spaces, make_vector_env, resolve_env_id, reward_threshold
@@ -36,9 +43,14 @@ EVAL_RETRY_STEPS = 100_000
 
 
 class TrainingInterrupted(Exception):
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
+    """SIGINT/SIGTERM stopped training; a checkpoint and ``summary.json`` were written first."""
+
+    def __init__(self, signum: int, message: str | None = None):
+        super().__init__(message or signal.Signals(signum).name)
         self.signum = signum
+
+    def __reduce__(self):  # picklable, so Collective.on_main can pass it to the other ranks
+        return type(self), (self.signum, str(self))
 
 
 def env_seed(seed: int, update: int, rank: int = 0) -> int:
@@ -73,10 +85,15 @@ def build_algorithm(config: TrainConfig, device: torch.device, comm: Collective)
 
 
 class _SignalFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between updates; a second one aborts."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between updates; a second one aborts.
 
-    def __init__(self):
+    With ``immediate`` the first signal raises :class:`TrainingInterrupted` at once instead, for
+    work that holds no state worth finishing (the final evaluation).
+    """
+
+    def __init__(self, immediate: bool = False):
         self.signum: int | None = None
+        self.immediate = immediate
         self._previous = {}
 
     def __enter__(self):
@@ -88,6 +105,8 @@ class _SignalFlag:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
+        if self.immediate:
+            raise TrainingInterrupted(signum)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -109,20 +128,35 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     out = config.resolved_out()
     threshold = reward_threshold(config.env_id)
 
+    # Every rank must run the same settings (aside from where rank 0 writes and how a rank runs).
+    comm.check_same_settings(dataclasses.replace(config, out="", quiet=False, torch_threads=1,
+                                                 vector="sync").to_toml())
+    if comm.world_size > 1 and config.algo == "seed":
+        raise ValueError("--algo seed is the single-process notebook; run it without --procs/torchrun")
+
     torch.manual_seed(config.seed)  # the network's initial weights
     algo, envs = build_algorithm(config, device, comm)
     counters = {"update": 0, "steps": 0, "episodes": 0, "seconds": 0.0, "best_mean": -math.inf,
                 "next_eval_steps": 0}
     recent: deque[float] = deque(maxlen=100)
     if resume:
-        payload = load_checkpoint(out / "checkpoint.pt", env_id=config.env_id,
-                                  architecture=algo.architecture())
-        algo.load_state_dict(payload["algorithm"])
-        counters.update(payload["trainer"]["counters"])
-        recent.extend(payload["trainer"]["recent_returns"])
+        # Rank 0 reads it and sends it to the others (whose machines may not have the file).
+        payload = comm.on_main(lambda: load_checkpoint(out / "checkpoint.pt", env_id=config.env_id,
+                                                       architecture=algo.architecture()),
+                               "rank 0 to load the checkpoint")
+        try:
+            algo.load_state_dict(payload["algorithm"])
+            counters.update(payload["trainer"]["counters"])
+            recent.extend(float(r) for r in payload["trainer"]["recent_returns"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{out / 'checkpoint.pt'} does not fit this run ("
+                                  f"{type(exc).__name__}: {str(exc).strip()[:300]})") from None
     algo.reset_envs(env_seed(config.seed, counters["update"], comm.rank))
 
     if comm.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        # Left behind by a run killed while saving (SIGKILL); the files themselves are intact.
+        remove_stale_temporaries(out, ["config.toml", "checkpoint.pt", "best.pt", "summary.json"])
         atomic_write(out / "config.toml", lambda fh: fh.write(config.to_toml().encode()))
     logger = RunLogger(out, config.total_steps, quiet=config.quiet, log_interval=config.log_interval,
                        resume_update=counters["update"], initial_steps=counters["steps"],
@@ -145,7 +179,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     try:
         with _SignalFlag() as interrupt:
             while counters["steps"] < config.total_steps:
-                iteration = algo.iterate(counters["steps"] / config.total_steps)
+                iteration = _iterate(algo, counters["steps"] / config.total_steps,
+                                     counters["update"] + 1)
                 episodes = comm.gather(iteration.episodes)
                 counters["update"] += 1
                 counters["steps"] += iteration.steps * comm.world_size
@@ -160,11 +195,13 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
                     counters["best_mean"] = mean_return
                     save(out / "best.pt")
                 if counters["update"] % config.checkpoint_interval == 0:
+                    comm.check_identical(algo.policy.state_dict())
                     save(out / "checkpoint.pt")
                     algo.reset_envs(env_seed(config.seed, counters["update"], comm.rank))
                 if (config.stop_when_solved and solved_by_training()
                         and counters["steps"] >= counters["next_eval_steps"]):
-                    eval_returns = _evaluate(algo, config, device)
+                    eval_returns = comm.on_main(lambda: _evaluate(algo, config, device),
+                                                "rank 0 to evaluate")
                     logger.message(f"training mean {mean_return:.1f} >= {threshold:g}; greedy "
                                    f"evaluation: {eval_returns.mean():.1f}")
                     if eval_returns.mean() >= threshold:
@@ -176,25 +213,39 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
                     raise TrainingInterrupted(interrupt.signum or signal.SIGTERM)
     except TrainingInterrupted as stop:
         save(out / "checkpoint.pt")
-        summary = _summary(config, counters, None, threshold, stop_reason="interrupted")
-        _finish(out, summary, logger, comm, threshold)
-        logger.message(f"interrupted by {stop}; checkpoint saved. Resume with: "
-                       f"python -m pylander.train --resume {out}")
         envs.close()
-        raise
+        raise _interrupted(stop.signum, config, counters, recent, threshold, out, logger,
+                           comm) from None
     except NonFiniteError as exc:
         logger.close()
         envs.close()
-        raise NonFiniteError(f"{exc}. The last good checkpoint, {out / 'checkpoint.pt'}, is "
-                             "untouched.") from None
+        checkpoint = out / "checkpoint.pt"
+        if checkpoint.is_file():
+            kept = f"The last good checkpoint, {checkpoint}, is untouched"
+        else:
+            kept = (f"No checkpoint was saved before it (the first is due at update "
+                    f"{config.checkpoint_interval})")
+        raise NonFiniteError(f"training diverged: {exc}. {kept}; a smaller --learning-rate or "
+                             "--max-grad-norm may help.") from None
+    except BaseException:
+        logger.close()
+        envs.close()
+        raise
 
+    comm.check_identical(algo.policy.state_dict())  # raises on every rank if the ranks diverged
     save(out / "checkpoint.pt")
     if not (out / "best.pt").exists():  # no episode finished: the final policy is the best known
         save(out / "best.pt")
     envs.close()
     if eval_returns is None:
-        eval_returns = _evaluate(algo, config, device)
-    summary = _summary(config, counters, eval_returns, threshold, stop_reason)
+        try:
+            with _SignalFlag(immediate=True):  # the checkpoint is saved; nothing to finish
+                eval_returns = comm.on_main(lambda: _evaluate(algo, config, device),
+                                            "rank 0 to evaluate")
+        except TrainingInterrupted as stop:
+            raise _interrupted(stop.signum, config, counters, recent, threshold, out, logger,
+                               comm) from None
+    summary = _summary(config, counters, eval_returns, threshold, stop_reason, recent)
     _finish(out, summary, logger, comm, threshold)
     verdict = "SOLVED" if summary["solved"] else "not solved"
     logger.message(f"{verdict}: {summary['eval_episodes']} evaluation episodes returned "
@@ -203,19 +254,52 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     return summary
 
 
+def _iterate(algo, progress: float, update: int):
+    """``algo.iterate``, with NaN/inf met by the native ops reported as the update's divergence."""
+    try:
+        return algo.iterate(progress)
+    except ValueError as exc:
+        # The ops reject non-finite input with "`<name>` contains NaN or infinity" (csrc/checks.h):
+        # here that means the env's observations/rewards or the network's outputs went bad.
+        if "contains NaN or infinity" not in str(exc):
+            raise
+        raise NonFiniteError(f"non-finite values at update {update} ({exc}); the update was not "
+                             "applied") from None
+    except RuntimeError as exc:
+        # An optimizer step too large for float32 (e.g. --learning-rate 1e38): torch refuses it
+        # with "value cannot be converted to type float without overflow".
+        if "overflow" not in str(exc) or isinstance(exc, NonFiniteError):
+            raise
+        raise NonFiniteError(f"the optimizer step overflowed float32 at update {update} "
+                             f"({str(exc).strip()[:200]})") from None
+
+
+def _interrupted(signum: int, config: TrainConfig, counters: dict, recent,
+                 threshold: float | None, out: Path, logger: RunLogger,
+                 comm: Collective) -> TrainingInterrupted:
+    """Write summary.json for a run stopped by a signal (its checkpoint is already saved)."""
+    summary = _summary(config, counters, None, threshold, "interrupted", recent)
+    _finish(out, summary, logger, comm, threshold)
+    return TrainingInterrupted(signum, (
+        f"interrupted by {signal.Signals(signum).name} at update {counters['update']} "
+        f"({counters['steps']} of {config.total_steps} steps); checkpoint and summary saved in "
+        f"{out}. Resume with: python -m pylander.train --resume {out}"))
+
+
 def _evaluate(algo, config: TrainConfig, device: torch.device) -> np.ndarray:
     return evaluate(algo.logits, config.env_id, config.eval_episodes, config.seed,
                     stochastic=config.eval_stochastic, device=device)
 
 
 def _summary(config: TrainConfig, counters: dict, eval_returns: np.ndarray | None,
-             threshold: float | None, stop_reason: str) -> dict:
+             threshold: float | None, stop_reason: str, recent=()) -> dict:
     evaluated = eval_returns is not None
     return {
         "env": config.env_id, "algo": config.algo, "seed": config.seed,
         "steps": counters["steps"], "episodes": counters["episodes"], "updates": counters["update"],
         "seconds": round(counters["seconds"], 3),
         "steps_per_second": round(counters["steps"] / max(counters["seconds"], 1e-9), 1),
+        "train_mean_return": float(np.mean(recent)) if len(recent) else None,  # last 100 episodes
         "eval_mean_return": float(eval_returns.mean()) if evaluated else None,
         "eval_std_return": float(eval_returns.std()) if evaluated else None,
         "eval_episodes": int(eval_returns.size) if evaluated else 0,

@@ -389,3 +389,18 @@ def test_second_gpu_and_cross_gpu_mismatch():
     message = f"`generator` is on {d0} but `logits` is on {d1}"
     with pytest.raises(RuntimeError, match=re.escape(message)):
         ops.sample_categorical(logits, torch.Generator(device=d0))
+
+
+def test_short_cuda_training_run(tmp_path):
+    import json
+
+    from pylander.train import main as train_main
+
+    out = tmp_path / "cuda-run"
+    code = train_main(["--env", "CartPole-v1", "--device", "cuda", "--total-steps", "4096",
+                       "--num-envs", "8", "--num-steps", "64", "--epochs", "2", "--minibatches", "2",
+                       "--eval-episodes", "4", "--out", str(out), "--quiet"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4096 and summary["eval_episodes"] == 4
+    assert summary["eval_mean_return"] is not None

@@ -1,35 +1,61 @@
 // Weighted log-prob objective  loss = reduce_i(-w_i * log_softmax(z_i)[a_i])  and its gradient
 // with respect to the logits, computed row by row without materialising log_softmax.
 // Also the mean entropy of the rows, so an entropy bonus costs no extra pass.
+//
+// Rows are processed in blocks so that the exps (and the forward's logs) run as vectorised
+// array passes (fast_math.h). With s_j = z_j - max, e_j = exp(s_j), S = sum_j e_j and
+// W = sum_j e_j s_j (<= 0):
+//   log p_j = s_j - log S,   H = log S - W / S   (two non-negative terms: no cancellation),
+//   log p_j + H = s_j - W / S, so the backward pass needs no log at all.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "../checks.h"
+#include "fast_math.h"
 
 namespace pylander {
 namespace {
 
 constexpr int64_t kRowsPerThread = 4096;
+constexpr int64_t kBlockElements = 2048;  // logits per block: the buffers stay in L1/L2
 
-// max and log-sum-exp of one row, in accumulation precision.
+// Work buffers for one block of rows, allocated once per chunk.
+struct Block {
+  explicit Block(int64_t A)
+      : rows(std::max<int64_t>(1, kBlockElements / A)), shifted(rows * A), e(rows * A),
+        row_a(rows), row_b(rows) {}
+  int64_t rows;
+  std::vector<double> shifted, e, row_a, row_b;
+};
+
+// Fills block.shifted with z - max(row) and block.e with its exp for rows [i0, i0 + rows).
 template <typename scalar_t>
-std::pair<double, double> row_max_lse(const scalar_t* z, int64_t A, bool& finite) {
-  double max = -std::numeric_limits<double>::infinity();
-  for (int64_t j = 0; j < A; ++j) {
-    finite &= std::isfinite(z[j]);
-    max = std::max(max, static_cast<double>(z[j]));
+bool shifted_exps(const scalar_t* z, int64_t A, int64_t i0, int64_t rows, Block& block) {
+  bool finite = true;
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t* zi = z + (i0 + r) * A;
+    double max = -std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < A; ++j) {
+      const double zj = static_cast<double>(zi[j]);
+      finite &= std::isfinite(zj);
+      max = zj > max ? zj : max;
+    }
+    double* s = block.shifted.data() + r * A;
+    for (int64_t j = 0; j < A; ++j) s[j] = static_cast<double>(zi[j]) - max;
   }
-  double sum = 0.0;
-  for (int64_t j = 0; j < A; ++j) sum += std::exp(static_cast<double>(z[j]) - max);
-  return {max, max + std::log(sum)};
+  std::memcpy(block.e.data(), block.shifted.data(), sizeof(double) * rows * A);
+  fast_math::exp_nonpositive(block.e.data(), rows * A);
+  return finite;
 }
 
 struct RowStats {
@@ -43,21 +69,34 @@ template <typename scalar_t>
 RowStats pg_forward_rows(const scalar_t* z, const int64_t* a, const scalar_t* w, int64_t A,
                          int64_t i0, int64_t i1) {
   RowStats s;
-  for (int64_t i = i0; i < i1; ++i) {
-    const scalar_t* zi = z + i * A;
-    const auto [max, lse] = row_max_lse(zi, A, s.finite);
-    s.finite &= std::isfinite(w[i]);
-    const int64_t ai = a[i];
-    if (ai < 0 || ai >= A) {
-      s.actions_ok = false;
-      continue;
+  Block block(A);
+  for (int64_t b = i0; b < i1; b += block.rows) {
+    const int64_t rows = std::min(block.rows, i1 - b);
+    s.finite &= shifted_exps(z, A, b, rows, block);
+    double* log_sum = block.row_a.data();
+    double* mean_shift = block.row_b.data();  // W / S
+    for (int64_t r = 0; r < rows; ++r) {
+      const double* e = block.e.data() + r * A;
+      const double* sh = block.shifted.data() + r * A;
+      double sum = 0.0, weighted = 0.0;
+      for (int64_t j = 0; j < A; ++j) {
+        sum += e[j];
+        weighted += e[j] * sh[j];
+      }
+      log_sum[r] = sum;
+      mean_shift[r] = weighted / sum;
     }
-    s.loss -= static_cast<double>(w[i]) * (static_cast<double>(zi[ai]) - lse);
-    // -sum_j p_j log p_j with log p_j formed first: lse - sum_j p_j z_j cancels catastrophically
-    // for large logits.
-    for (int64_t j = 0; j < A; ++j) {
-      const double logp = static_cast<double>(zi[j]) - lse;
-      s.entropy -= std::exp(logp) * logp;
+    fast_math::log_positive(log_sum, rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = b + r;
+      s.finite &= std::isfinite(static_cast<double>(w[i]));
+      const int64_t ai = a[i];
+      if (ai < 0 || ai >= A) {
+        s.actions_ok = false;
+        continue;
+      }
+      s.loss -= static_cast<double>(w[i]) * (block.shifted[r * A + ai] - log_sum[r]);
+      s.entropy += log_sum[r] - mean_shift[r];
     }
   }
   return s;
@@ -77,12 +116,14 @@ std::tuple<at::Tensor, at::Tensor> pg_loss_cpu(const at::Tensor& logits, const a
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "pg_loss_cpu", [&] {
     const int64_t chunks = (B + kRowsPerThread - 1) / kRowsPerThread;
     std::vector<RowStats> partial(std::max<int64_t>(chunks, 1));
+    const scalar_t* zp = z.data_ptr<scalar_t>();
+    const int64_t* ap = a.data_ptr<int64_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
     at::parallel_for(0, B, kRowsPerThread, [&](int64_t i0, int64_t i1) {
       // Chunks are fixed-size, so the sum below is the same whatever the thread count.
       for (int64_t c0 = i0; c0 < i1; c0 += kRowsPerThread) {
         partial[c0 / kRowsPerThread] =
-            pg_forward_rows(z.data_ptr<scalar_t>(), a.data_ptr<int64_t>(), w.data_ptr<scalar_t>(),
-                            A, c0, std::min(c0 + kRowsPerThread, i1));
+            pg_forward_rows(zp, ap, wp, A, c0, std::min(c0 + kRowsPerThread, i1));
       }
     });
     RowStats total;
@@ -94,37 +135,46 @@ std::tuple<at::Tensor, at::Tensor> pg_loss_cpu(const at::Tensor& logits, const a
     }
     check_finite_flag(total.finite, "logits` or `weights");
     check_actions_flag(total.actions_ok, A);
-    loss.fill_(total.loss / scale);
-    entropy.fill_(B > 0 ? total.entropy / B : 0.0);
+    // Written directly: two 0-d fill_ calls would cost two more trips through the dispatcher.
+    *loss.data_ptr<scalar_t>() = static_cast<scalar_t>(total.loss / scale);
+    *entropy.data_ptr<scalar_t>() = static_cast<scalar_t>(B > 0 ? total.entropy / B : 0.0);
   });
   return {loss, entropy};
 }
 
 // d loss / d z_ij   = -(w_i / scale) * (onehot(a_i)_j - p_ij)
-// d entropy / d z_ij = -(p_ij / B) * (log p_ij + H_i)
+// d entropy / d z_ij = -(p_ij / B) * (log p_ij + H_i) = -(p_ij / B) * (s_ij - W_i / S_i)
 template <typename scalar_t>
 void pg_backward_rows(const scalar_t* z, const int64_t* a, const scalar_t* w, scalar_t* gz,
                       int64_t A, double g_loss, double g_entropy, int64_t i0, int64_t i1,
                       bool& finite, bool& actions_ok) {
-  std::vector<double> logp(A);
-  for (int64_t i = i0; i < i1; ++i) {
-    const scalar_t* zi = z + i * A;
-    const auto [max, lse] = row_max_lse(zi, A, finite);
-    const int64_t ai = a[i];
-    if (ai < 0 || ai >= A) {
-      actions_ok = false;
-      continue;
-    }
-    double entropy = 0.0;
-    for (int64_t j = 0; j < A; ++j) {
-      logp[j] = static_cast<double>(zi[j]) - lse;
-      entropy -= std::exp(logp[j]) * logp[j];
-    }
-    const double coef = -g_loss * static_cast<double>(w[i]);
-    for (int64_t j = 0; j < A; ++j) {
-      const double p = std::exp(logp[j]);
-      const double onehot = j == ai ? 1.0 : 0.0;
-      gz[i * A + j] = static_cast<scalar_t>(coef * (onehot - p) - g_entropy * p * (logp[j] + entropy));
+  Block block(A);
+  for (int64_t b = i0; b < i1; b += block.rows) {
+    const int64_t rows = std::min(block.rows, i1 - b);
+    finite &= shifted_exps(z, A, b, rows, block);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = b + r;
+      const int64_t ai = a[i];
+      if (ai < 0 || ai >= A) {
+        actions_ok = false;
+        continue;
+      }
+      const double* e = block.e.data() + r * A;
+      const double* sh = block.shifted.data() + r * A;
+      double sum = 0.0, weighted = 0.0;
+      for (int64_t j = 0; j < A; ++j) {
+        sum += e[j];
+        weighted += e[j] * sh[j];
+      }
+      const double inv_sum = 1.0 / sum;
+      const double mean_shift = weighted * inv_sum;
+      const double coef = -g_loss * static_cast<double>(w[i]);
+      scalar_t* gi = gz + i * A;
+      for (int64_t j = 0; j < A; ++j) {
+        const double p = e[j] * inv_sum;
+        const double onehot = j == ai ? 1.0 : 0.0;
+        gi[j] = static_cast<scalar_t>(coef * (onehot - p) - g_entropy * p * (sh[j] - mean_shift));
+      }
     }
   }
 }
@@ -142,13 +192,16 @@ at::Tensor pg_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& g
   const auto z = logits.contiguous();
   const auto a = actions.contiguous();
   const auto w = weights.contiguous();
-  auto grad = at::empty_like(z);
+  auto grad = at::empty_like(z, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "pg_loss_backward_cpu", [&] {
+    const scalar_t* zp = z.data_ptr<scalar_t>();
+    const int64_t* ap = a.data_ptr<int64_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    scalar_t* gp = grad.data_ptr<scalar_t>();
     std::vector<char> finite(B + 1, 1), actions_ok(B + 1, 1);
     at::parallel_for(0, B, kRowsPerThread, [&](int64_t i0, int64_t i1) {
       bool f = true, ok = true;
-      pg_backward_rows(z.data_ptr<scalar_t>(), a.data_ptr<int64_t>(), w.data_ptr<scalar_t>(),
-                       grad.data_ptr<scalar_t>(), A, g_loss, g_entropy, i0, i1, f, ok);
+      pg_backward_rows(zp, ap, wp, gp, A, g_loss, g_entropy, i0, i1, f, ok);
       finite[i0] = f;
       actions_ok[i0] = ok;
     });
