@@ -59,7 +59,7 @@ SECTIONS = ("ops", "trainer", "seed", "distributed", "profile")
 
 GAMMA = 0.99  # the notebook's discount
 DONE_PROB = 0.01  # one episode end per ~100 steps, about a LunarLander episode under a new policy
-ENT_COEF = 0.01  # the trainer's default entropy bonus
+ENT_COEF = 0.01  # an entropy bonus in the pg_loss comparison, so its gradient path is timed too
 NUM_ACTIONS = 4  # LunarLander
 
 # Goals from the benchmark issue: (JSON path of the ratio, minimum).
@@ -85,10 +85,10 @@ class Settings:
     returns_sizes: list[tuple[int, int]] = field(
         default_factory=lambda: [(T, N) for T in (100, 1000) for N in (1, 16, 64, 256)])
     batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 64, 1024])
-    trainer_steps: int = 153_600  # 300 updates of the default 16 envs x 32 steps
+    trainer_updates: int = 120  # of the default trainer (16 envs x 128 steps each, as of writing)
     seed_steps: int = 20_000  # --algo seed: one update per episode (~100 steps untrained)
-    dist_rounds: int = 2
-    dist_steps: int = 81_920  # per run
+    dist_rounds: int = 3  # 1 and 2 processes alternate: 1 2, 2 1, 1 2
+    dist_updates: int = 24  # per run of 2 processes; the 1-process run takes the same env steps
     dist_timeout_s: float = 300.0
     profile_updates: int = 5
     threads: int = 1
@@ -99,7 +99,7 @@ class Settings:
     @classmethod
     def quick(cls) -> "Settings":
         return cls(preset="quick", repeats=7, sample_seconds=3e-4, warmup_calls=3,
-                   trainer_steps=8_192, seed_steps=2_000, dist_rounds=1, dist_steps=12_288,
+                   trainer_updates=10, seed_steps=2_000, dist_rounds=1, dist_updates=6,
                    dist_timeout_s=120.0, profile_updates=2)
 
     @classmethod
@@ -407,8 +407,8 @@ def bench_trainer(settings: Settings, workdir: Path, log: Callable[[str], None])
     from pylander.config import TrainConfig
     from pylander.envs import make_vector_env
 
-    config = TrainConfig(**{"total_steps": settings.trainer_steps, "quiet": True,
-                            "eval_episodes": 1, **settings.trainer_overrides})
+    config = TrainConfig(**{"quiet": True, "eval_episodes": 1, **settings.trainer_overrides})
+    config.total_steps = settings.trainer_updates * config.num_envs * config.num_steps
     envs = make_vector_env(config.env_id, config.num_envs, config.vector)
     envs.reset(seed=config.seed + 1)
     rng = np.random.default_rng(config.seed)
@@ -442,10 +442,9 @@ def bench_trainer(settings: Settings, workdir: Path, log: Callable[[str], None])
                     # train()'s own per-update work: logging, checkpoints, best.pt, env resets
                     "loop_ms_per_update": loop_s / len(window) * 1e3,
                     "loop_fraction": loop_s / trainer_s,
-                    "updates": len(window), "config": {
-                        "num_envs": config.num_envs, "num_steps": config.num_steps,
-                        "vector": config.vector, "algo": config.algo,
-                        "torch_threads": torch.get_num_threads()}},
+                    "updates": len(window),
+                    "config": {k: v for k, v in dataclasses.asdict(config).items()
+                               if k not in ("out", "quiet", "eval_episodes", "total_steps")}},
         "env_only": {"steps_per_s": env_rate, "actions": "uniform random"},
     }
 
@@ -529,11 +528,17 @@ def _train_subprocess(procs: int, steps: int, out: Path, timeout_s: float) -> fl
 
 
 def bench_distributed(settings: Settings, workdir: Path, log: Callable[[str], None]) -> dict:
+    """``python -m pylander.train --procs 1`` and ``--procs 2`` (default settings otherwise),
+    alternating, each with the same env-step budget and timed from its ``metrics.csv``."""
+    from pylander.config import TrainConfig
+
+    defaults = TrainConfig()
+    steps = settings.dist_updates * 2 * defaults.num_envs * defaults.num_steps
     one, two = [], []
     try:
         for r in range(settings.dist_rounds):
             for procs in ((1, 2) if r % 2 == 0 else (2, 1)):
-                rate = _train_subprocess(procs, settings.dist_steps, workdir / f"procs{procs}_{r}",
+                rate = _train_subprocess(procs, steps, workdir / f"procs{procs}_{r}",
                                          settings.dist_timeout_s)
                 (one if procs == 1 else two).append(rate)
             log(f"  distributed round {r + 1}/{settings.dist_rounds}: 1 process {one[-1]:,.0f} "
@@ -546,7 +551,7 @@ def bench_distributed(settings: Settings, workdir: Path, log: Callable[[str], No
         "procs1_steps_per_s": statistics.median(one),
         "procs2_steps_per_s": statistics.median(two),
         "ratio_2_to_1": statistics.median(b / a for a, b in zip(one, two)),
-        "cores": os.cpu_count(), "rounds": len(one)}}
+        "cores": os.cpu_count(), "rounds": len(one), "steps_per_run": steps}}
 
 
 # --- section 5: profile of training updates -------------------------------------------------------
@@ -687,8 +692,10 @@ def format_report(results: dict) -> str:
             lines.append(row)
     if "trainer" in results:
         t, e = results["trainer"], results["env_only"]
-        lines += ["", f"trainer (default config, {t['config']['num_envs']} {t['config']['vector']} "
-                      f"envs x {t['config']['num_steps']} steps): {t['steps_per_s']:,.0f} steps/s; "
+        c = t["config"]
+        lines += ["", f"trainer (default config: {c['num_envs']} {c['vector']} envs x "
+                      f"{c['num_steps']} steps, {c.get('epochs', 1)} epochs x "
+                      f"{c.get('minibatches', 1)} minibatches): {t['steps_per_s']:,.0f} steps/s; "
                       f"env only (random actions): {e['steps_per_s']:,.0f} steps/s; "
                       f"ratio {t['ratio_to_env']:.3f} (train()'s own loop: "
                       f"{t['loop_ms_per_update']:.1f} ms/update, {100 * t['loop_fraction']:.0f}% "

@@ -44,22 +44,22 @@ class TrainConfig:
     # --- environments ----------------------------------------------------------------------
     num_envs: int = setting(16, "parallel environments per process")
     vector: VectorMode = setting("sync", "sync: envs in this process; async: one worker process each")
-    num_steps: int = setting(32, "steps per env per update (rollout length)")
+    num_steps: int = setting(128, "steps per env per update (rollout length)")
 
     # --- policy gradient -------------------------------------------------------------------
     gamma: float = setting(0.999, "discount factor")
-    gae_lambda: float = setting(0.95, "GAE lambda (baseline=value)")
-    reward_scale: float = setting(1.0, "multiply rewards by this for learning (logged returns stay raw)")
+    gae_lambda: float = setting(0.98, "GAE lambda (baseline=value)")
+    reward_scale: float = setting(0.01, "multiply rewards by this for learning (logged returns stay raw)")
     baseline: Baseline = setting("value", "value: learned critic + GAE; mean: batch-mean return; none")
     normalize_advantages: bool = setting(True, "normalise advantages per batch")
-    ent_coef: float = setting(0.01, "entropy bonus coefficient")
+    ent_coef: float = setting(0.0, "entropy bonus coefficient")
     vf_coef: float = setting(0.5, "value loss coefficient (baseline=value)")
     max_grad_norm: float = setting(0.5, "gradient-norm clipping threshold")
-    learning_rate: float = setting(1e-3, "Adam learning rate")
+    learning_rate: float = setting(3e-4, "Adam learning rate")
     anneal_lr: bool = setting(True, "anneal the learning rate linearly to 0 over total_steps")
-    epochs: int = setting(1, "passes over each rollout (more than 1 reuses slightly stale data)")
-    minibatches: int = setting(1, "Adam steps per pass, each on a disjoint slice of the rollout")
-    target_kl: float = setting(0.0, "end an update early once KL(old || new policy) exceeds this (0: never)")
+    epochs: int = setting(4, "passes over each rollout (more than 1 reuses slightly stale data)")
+    minibatches: int = setting(4, "Adam steps per pass, each on a disjoint slice of the rollout")
+    target_kl: float = setting(0.01, "end an update early once KL(old || new policy) exceeds this (0: never)")
     hidden_sizes: list[int] = setting([64, 64], "hidden layer widths of the actor and the critic")
 
     # --- seed (notebook) mode --------------------------------------------------------------

@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pylander.algorithms import NonFiniteError
     from pylander.checkpoint import CheckpointError
-    from pylander.distributed import init_from_env, shutdown
+    from pylander.distributed import DistributedError, init_from_env, shutdown
     from pylander.trainer import TrainingInterrupted, resolve_device, train
 
     torch.set_num_threads(config.torch_threads)
@@ -185,10 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         if main_rank:
             print(f"interrupted at once; {hint}", file=sys.stderr)
         return 128 + signal.SIGINT
-    except (ValueError, CheckpointError, NonFiniteError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # e.g. the disk filled up or the run directory went away
+    # OSError: e.g. the disk filled up or the run directory went away.
+    except (ValueError, CheckpointError, NonFiniteError, DistributedError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -11,7 +11,7 @@ import torch
 from pylander import bench, ops
 
 TINY = dict(repeats=2, sample_seconds=1e-5, warmup_calls=1, returns_sizes=[(8, 3)],
-            batch_sizes=[5], trainer_steps=4 * 2 * 8, seed_steps=400, profile_updates=1,
+            batch_sizes=[5], trainer_updates=4, seed_steps=400, profile_updates=1,
             trainer_overrides={"num_envs": 2, "num_steps": 8})
 
 
@@ -68,7 +68,7 @@ def test_ops_and_trainer_sections_give_the_documented_keys(tmp_path):
     # Sizes the tiny run skipped have no target entry rather than a made-up one.
     assert not any(name.startswith("pg_loss") for name in results["targets"])
     report = bench.format_report(results)
-    assert "discounted_returns" in report and "trainer (default config" in report
+    assert "discounted_returns" in report and "trainer (default config:" in report
     json.dumps(results)  # plain data throughout
 
 

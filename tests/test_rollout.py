@@ -35,7 +35,8 @@ class Countdown(gym.Env):
 
 def make_algo(length: int, truncate: bool, num_steps: int, baseline: str = "value") -> Reinforce:
     envs = gym.vector.SyncVectorEnv([lambda: Countdown(length, truncate) for _ in range(2)])
-    config = TrainConfig(num_envs=2, num_steps=num_steps, baseline=baseline, gamma=0.9, gae_lambda=0.8)
+    config = TrainConfig(num_envs=2, num_steps=num_steps, baseline=baseline, gamma=0.9, gae_lambda=0.8,
+                         reward_scale=1.0)
     torch.manual_seed(0)
     algo = Reinforce(config, envs, 2, 2, torch.device("cpu"))
     algo.reset_envs(0)

@@ -51,8 +51,10 @@ class NotebookReinforce:
         # Rewards stay float64 as in the notebook (torch.tensor of the env's float64 rewards).
         return torch.from_numpy(np.stack(observations)).float(), torch.tensor(actions), torch.tensor(rewards)
 
-    def per_step_gradients(self, obs: Tensor, actions: Tensor, rewards: Tensor) -> tuple[Tensor, Tensor]:
-        """The notebook's T scaled gradients for the weight ``[T, A, obs]`` and bias ``[T, A]``."""
+    def per_step_gradients(self, obs: Tensor, actions: Tensor,
+                           rewards: Tensor) -> tuple[Tensor, Tensor, float, float]:
+        """The notebook's T scaled gradients for the weight ``[T, A, obs]`` and bias ``[T, A]``,
+        with the summed weighted loss and the mean entropy, for the log."""
         cfg, layer = self.config, self.policy.w
         T = rewards.shape[0]
         returns = ops.discounted_returns(rewards[:, None], torch.zeros(T, 1, dtype=torch.bool),
@@ -67,14 +69,14 @@ class NotebookReinforce:
             p_chosen = torch.softmax(logits, -1).gather(1, actions[:, None]).squeeze(1)
         weights = (weights * p_chosen / (p_chosen + 1e-9)).to(logits.dtype)
         # With reduction="sum" row t of d(loss)/d(logits) is step t's own gradient.
-        loss, _ = ops.pg_loss(logits, actions, weights, "sum")
+        loss, entropy = ops.pg_loss(logits, actions, weights, "sum")
         (grad_logits,) = torch.autograd.grad(loss, logits)
         delta = grad_logits * (pre_activation > 0)
-        return delta[:, :, None] * obs[:, None, :], delta
+        return delta[:, :, None] * obs[:, None, :], delta, loss.item(), entropy.item()
 
     def iterate(self, progress: float) -> Iteration:
         obs, actions, rewards = self.run_episode()
-        grad_weight, grad_bias = self.per_step_gradients(obs, actions, rewards)
+        grad_weight, grad_bias, loss, entropy = self.per_step_gradients(obs, actions, rewards)
         layer, optimizer = self.policy.w, self.policy.optimizer
         for t in range(rewards.shape[0]):
             layer.weight.grad, layer.bias.grad = grad_weight[t], grad_bias[t]
@@ -87,7 +89,8 @@ class NotebookReinforce:
             # The notebook's own progress line: the mean over every episode so far.
             print(f"Episode {self.updates - 1} finished with average reward "
                   f"{np.mean(self._episode_returns)}")
-        return Iteration(steps=int(rewards.shape[0]), episodes=[(episode_return, int(rewards.shape[0]))])
+        return Iteration(steps=int(rewards.shape[0]), episodes=[(episode_return, int(rewards.shape[0]))],
+                         loss=loss, entropy=entropy)
 
     # --- trainer interface -----------------------------------------------------------------
 
