@@ -18,6 +18,7 @@
 #include <limits>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "../checks.h"
@@ -58,6 +59,18 @@ bool shifted_exps(const scalar_t* z, int64_t A, int64_t i0, int64_t rows, Block&
   return finite;
 }
 
+// S = sum_j e_j and W = sum_j e_j (z_j - max) of row r, with e_j = exp(z_j - max).
+inline std::pair<double, double> row_sums(const Block& block, int64_t r, int64_t A) {
+  const double* e = block.e.data() + r * A;
+  const double* sh = block.shifted.data() + r * A;
+  double sum = 0.0, weighted = 0.0;
+  for (int64_t j = 0; j < A; ++j) {
+    sum += e[j];
+    weighted += e[j] * sh[j];
+  }
+  return {sum, weighted};
+}
+
 struct RowStats {
   double loss = 0.0;
   double entropy = 0.0;
@@ -76,13 +89,7 @@ RowStats pg_forward_rows(const scalar_t* z, const int64_t* a, const scalar_t* w,
     double* log_sum = block.row_a.data();
     double* mean_shift = block.row_b.data();  // W / S
     for (int64_t r = 0; r < rows; ++r) {
-      const double* e = block.e.data() + r * A;
-      const double* sh = block.shifted.data() + r * A;
-      double sum = 0.0, weighted = 0.0;
-      for (int64_t j = 0; j < A; ++j) {
-        sum += e[j];
-        weighted += e[j] * sh[j];
-      }
+      const auto [sum, weighted] = row_sums(block, r, A);
       log_sum[r] = sum;
       mean_shift[r] = weighted / sum;
     }
@@ -161,11 +168,7 @@ void pg_backward_rows(const scalar_t* z, const int64_t* a, const scalar_t* w, sc
       }
       const double* e = block.e.data() + r * A;
       const double* sh = block.shifted.data() + r * A;
-      double sum = 0.0, weighted = 0.0;
-      for (int64_t j = 0; j < A; ++j) {
-        sum += e[j];
-        weighted += e[j] * sh[j];
-      }
+      const auto [sum, weighted] = row_sums(block, r, A);
       const double inv_sum = 1.0 / sum;
       const double mean_shift = weighted * inv_sum;
       const double coef = -g_loss * static_cast<double>(w[i]);
