@@ -6,17 +6,32 @@ fake kernels and autograd formulas; the typed Python entry points live in :mod:`
 
 from __future__ import annotations
 
+import importlib.metadata
+from pathlib import Path
+
 import torch
 
-try:
-    from pylander import _build_info
-except ImportError as exc:  # running from a source tree that was never built
-    raise ImportError(
-        f"pylander's native module is missing from {__path__[0]}. If that is a source checkout, "
-        "install the package (`pip install --no-build-isolation .`, see README.md) and run from "
-        "another directory, or run the tests with `pytest` rather than `python -m pytest`, "
-        "which puts the checkout ahead of the installed package."
-    ) from exc
+
+def _use_installed_native_module() -> None:
+    """Let a source checkout on ``sys.path`` (``python -m pylander.train`` run inside it) find
+    the compiled ``_C`` and ``_build_info`` of the installed copy, by adding the installed
+    package's folder to this package's search path."""
+    try:
+        installed = Path(importlib.metadata.distribution("pylander").locate_file("pylander"))
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    if installed is None or not (installed / "_build_info.py").is_file():
+        raise ImportError(
+            f"pylander's native module is missing from {__path__[0]} and pylander is not "
+            "installed: build and install it with `pip install --no-build-isolation .` "
+            "(see README.md)")
+    __path__.append(str(installed))
+
+
+if not (Path(__file__).parent / "_build_info.py").is_file():  # a source checkout
+    _use_installed_native_module()
+
+from pylander import _build_info  # noqa: E402
 
 if torch.__version__ != _build_info.TORCH_VERSION:
     raise ImportError(
