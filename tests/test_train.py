@@ -111,3 +111,13 @@ def test_acrobot_trains(tmp_path):
                        "--eval-episodes", "2", "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "summary.json").read_text())["env"] == "Acrobot-v1"
     assert torch.isfinite(torch.tensor(float(read_metrics(out / "metrics.csv")[-1]["loss"])))
+
+
+def test_async_vector_env_gives_the_same_run_as_sync(tmp_path):
+    runs = []
+    for mode in ["sync", "async"]:
+        out = tmp_path / mode
+        assert train_main([*CARTPOLE, "--vector", mode, "--num-envs", "2", "--num-steps", "64",
+                           "--total-steps", "1024", "--eval-episodes", "2", "--out", str(out)]) == 0
+        runs.append(strip_seconds(read_metrics(out / "metrics.csv")))
+    assert len(runs[0]) == 8 and runs[0] == runs[1]
