@@ -387,6 +387,12 @@ def _interleaved_with(baseline: Callable[[], int]):
         trainer.build_algorithm = original
 
 
+def _rates(window: list[_Turn]) -> tuple[float, float]:
+    """Steps/s of the trainer and of the interleaved baseline over ``window``."""
+    return (sum(t.trainer_steps for t in window) / sum(t.trainer_s for t in window),
+            sum(t.baseline_steps for t in window) / sum(t.baseline_s for t in window))
+
+
 def _window(turns: list[_Turn], skip_fraction: float = 0.2) -> list[_Turn]:
     """The complete turns after the first ``skip_fraction`` (warm-up: allocation, caches)."""
     done = [t for t in turns if math.isfinite(t.trainer_s)]
@@ -428,8 +434,7 @@ def bench_trainer(settings: Settings, workdir: Path, log: Callable[[str], None])
     finally:
         envs.close()
     window = _window(turns)
-    trainer_rate = sum(t.trainer_steps for t in window) / sum(t.trainer_s for t in window)
-    env_rate = sum(t.baseline_steps for t in window) / sum(t.baseline_s for t in window)
+    trainer_rate, env_rate = _rates(window)
     per_update = [(t.baseline_s / t.baseline_steps) / (t.trainer_s / t.trainer_steps)
                   for t in window]
     trainer_s = sum(t.trainer_s for t in window)
@@ -482,8 +487,7 @@ def bench_seed(settings: Settings, workdir: Path, log: Callable[[str], None]) ->
     finally:
         env.close()
     window = _window(turns)
-    algo_rate = sum(t.trainer_steps for t in window) / sum(t.trainer_s for t in window)
-    notebook_rate = sum(t.baseline_steps for t in window) / sum(t.baseline_s for t in window)
+    algo_rate, notebook_rate = _rates(window)
     log(f"  notebook {notebook_rate:,.0f} steps/s, --algo seed {algo_rate:,.0f} steps/s over "
         f"{len(window)} interleaved episodes")
     return {
