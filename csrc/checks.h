@@ -6,9 +6,27 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <cstdio>
 #include <string>
 
 namespace pylander {
+
+// Numbers and shapes in messages are formatted here, never streamed into TORCH_CHECK: built with
+// GCC 13.3 against torch 2.11+cu130, this module crashed (SIGSEGV) formatting a number through
+// TORCH_CHECK's ostream, while messages made of strings alone worked (README, GPU section).
+inline std::string num(int64_t v) { return std::to_string(v); }
+
+inline std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+inline std::string shape(at::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + num(sizes[i]);
+  return out + "]";
+}
 
 inline void check_float(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
@@ -21,14 +39,14 @@ inline void check_dtype(const at::Tensor& t, at::ScalarType want, const char* na
 }
 
 inline void check_rank(const at::Tensor& t, int64_t rank, const char* name, const char* layout) {
-  TORCH_CHECK(t.dim() == rank, "pylander: `", name, "` must have shape ", layout, " (", rank,
-              " dims), got ", t.sizes());
+  TORCH_CHECK(t.dim() == rank, "pylander: `", name, "` must have shape ", layout, " (",
+              num(rank), " dims), got ", shape(t.sizes()));
 }
 
 inline void check_same_shape(const at::Tensor& t, const at::Tensor& ref, const char* name,
                              const char* ref_name) {
   TORCH_CHECK(t.sizes() == ref.sizes(), "pylander: `", name, "` must have the shape of `",
-              ref_name, "` ", ref.sizes(), ", got ", t.sizes());
+              ref_name, "` ", shape(ref.sizes()), ", got ", shape(t.sizes()));
 }
 
 inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name,
@@ -39,7 +57,7 @@ inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const 
 
 inline void check_unit_interval(double value, const char* name) {
   TORCH_CHECK_VALUE(std::isfinite(value) && value >= 0.0 && value <= 1.0, "pylander: `", name,
-                    "` must be in [0, 1], got ", value);
+                    "` must be in [0, 1], got ", num(value));
 }
 
 inline void check_finite_flag(bool all_finite, const char* name) {
@@ -47,7 +65,7 @@ inline void check_finite_flag(bool all_finite, const char* name) {
 }
 
 inline void check_actions_flag(bool in_range, int64_t num_actions) {
-  TORCH_CHECK_VALUE(in_range, "pylander: `actions` must lie in [0, ", num_actions, ")");
+  TORCH_CHECK_VALUE(in_range, "pylander: `actions` must lie in [0, ", num(num_actions), ")");
 }
 
 // Returns the divisor the loss is scaled by: 1 for "sum", the batch size for "mean".
@@ -70,8 +88,9 @@ inline void check_returns_inputs(const at::Tensor& rewards, const at::Tensor& do
 inline void check_env_vector(const at::Tensor& t, const at::Tensor& rewards, const char* name) {
   check_dtype(t, rewards.scalar_type(), name);
   check_rank(t, 1, name, "[N]");
-  TORCH_CHECK(t.size(0) == rewards.size(1), "pylander: `", name, "` must have N=", rewards.size(1),
-              " entries (one per env column of `rewards`), got ", t.size(0));
+  TORCH_CHECK(t.size(0) == rewards.size(1), "pylander: `", name, "` must have N=",
+              num(rewards.size(1)), " entries (one per env column of `rewards`), got ",
+              num(t.size(0)));
   check_same_device(t, rewards, name, "rewards");
 }
 
@@ -100,9 +119,9 @@ inline void check_pg_inputs(const at::Tensor& logits, const at::Tensor& actions,
   check_dtype(weights, logits.scalar_type(), "weights");
   check_rank(weights, 1, "weights", "[B]");
   TORCH_CHECK(actions.size(0) == logits.size(0) && weights.size(0) == logits.size(0),
-              "pylander: `actions` and `weights` must have B=", logits.size(0),
-              " entries (one per row of `logits`), got ", actions.size(0), " and ",
-              weights.size(0));
+              "pylander: `actions` and `weights` must have B=", num(logits.size(0)),
+              " entries (one per row of `logits`), got ", num(actions.size(0)), " and ",
+              num(weights.size(0)));
   check_same_device(actions, logits, "actions", "logits");
   check_same_device(weights, logits, "weights", "logits");
 }

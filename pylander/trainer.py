@@ -59,10 +59,14 @@ def env_seed(seed: int, update: int, rank: int = 0) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``auto`` as a device with its index (``cuda:0``), so that tensors and
+    generators made from it all name the same device."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
 
 

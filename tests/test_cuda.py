@@ -117,6 +117,14 @@ def test_opcheck_sample_categorical(dev, dtype):
     torch.testing.assert_close(log_probs, torch.zeros(9, dtype=dtype, device=dev))
 
 
+def test_generator_without_device_index_draws_on_the_current_device(dev):
+    # torch.Generator(device="cuda") reports device "cuda", with no index; the trainer makes one.
+    logits = torch.randn(64, 3, device=dev)
+    first, _ = ops.sample_categorical(logits, torch.Generator(device="cuda").manual_seed(1))
+    again, _ = ops.sample_categorical(logits, torch.Generator(device="cuda").manual_seed(1))
+    assert torch.equal(first, again)
+
+
 # --- parity with the CPU kernels --------------------------------------------------------------
 
 SCAN_SHAPES = [(1, 1), (7, 3), (64, 129), (1000, 2), (3, 1000), (0, 5), (5, 0), (0, 0)]
@@ -171,8 +179,8 @@ def test_pg_loss_forward_backward_matches_cpu(dev, dtype, shape, reduction):
     logits, actions, weights = _batch(*shape, dtype, dev)
     results = []
     for device in (dev, torch.device("cpu")):
-        z = logits.to(device).requires_grad_()
-        w = weights.to(device).requires_grad_()
+        z = logits.detach().to(device).requires_grad_()  # a leaf on each device
+        w = weights.detach().to(device).requires_grad_()
         loss, entropy = ops.pg_loss(z, actions.to(device), w, reduction)
         assert loss.shape == () and loss.dtype == dtype and loss.device == device
         (loss - 0.01 * entropy).backward()
@@ -404,3 +412,21 @@ def test_short_cuda_training_run(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 4096 and summary["eval_episodes"] == 4
     assert summary["eval_mean_return"] is not None
+
+
+def test_benchmark_runs_on_the_gpu():
+    from pylander import bench
+
+    settings = bench.Settings(preset="tiny", repeats=2, sample_seconds=1e-5, warmup_calls=1,
+                              returns_sizes=[(8, 3)], batch_sizes=[5], trainer_updates=4,
+                              profile_updates=1, trainer_overrides={"num_envs": 2, "num_steps": 8})
+    settings.on_gpu()
+    settings.returns_sizes, settings.batch_sizes = [(8, 3), (50, 1000)], [5, 2000]
+    results = bench.run_benchmarks(settings, ("ops", "trainer", "profile"), log=lambda m: None)
+    assert results["meta"]["device"] == "cuda" and results["meta"]["gpu"]
+    assert results["trainer"]["config"]["device"] == "cuda"
+    for op, size in (("discounted_returns", "T50_N1000"), ("sample_categorical", "B2000_A4"),
+                     ("pg_loss", "B2000_A4")):
+        assert results["ops"][op][size]["native_us"] > 0
+    assert results["trainer"]["steps_per_s"] > 0 and results["profile"]["ms_per_update"]["update"] > 0
+    assert "policy on cuda" in bench.format_report(results)

@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -52,7 +53,12 @@ inline HostFlags read_flags(const at::Tensor& flags) {
 inline void check_generator_device(const std::optional<at::Generator>& generator,
                                    const at::Tensor& ref, const char* ref_name) {
   if (!generator.has_value() || !generator->defined()) return;
-  TORCH_CHECK(generator->device() == ref.device(), "pylander: `generator` is on ",
+  // torch.Generator(device="cuda") has no device index: it draws on the current device.
+  const auto device = generator->device();
+  const bool same = device.type() == ref.device().type() &&
+                    (device.has_index() ? device.index() == ref.device().index()
+                                        : ref.device().index() == c10::cuda::current_device());
+  TORCH_CHECK(same, "pylander: `generator` is on ",
               generator->device(), " but `", ref_name, "` is on ", ref.device(),
               "; move them to the same device");
 }
