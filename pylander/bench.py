@@ -21,7 +21,9 @@ Sections (``--only`` picks some; ``--profile`` adds the last one):
 * ``profile``: where one training update's time goes (timed breakdown, cProfile, torch.profiler).
 
 ``--quick`` shrinks every section (CI smoke use, well under a minute); ``--json FILE`` writes the
-same numbers as JSON. Run it from outside the source checkout, like the tests.
+same numbers as JSON; ``--device cuda`` runs the ops (every candidate on the GPU, at larger sizes
+too) and the trainer's policy on the GPU, while the seed and distributed sections stay on the
+CPU. Run it from outside the source checkout, like the tests.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class Settings:
     dist_timeout_s: float = 300.0
     profile_updates: int = 5
     threads: int = 1
+    device: str = "cpu"  # of the ops section; the trainer's is trainer_overrides["device"]
     # TrainConfig fields changed for the trainer and profile sections (the tests shrink them);
     # empty means the default trainer, which is what the results are about.
     trainer_overrides: dict = field(default_factory=dict)
@@ -105,6 +108,13 @@ class Settings:
     @classmethod
     def full(cls) -> "Settings":
         return cls()
+
+    def on_gpu(self) -> None:
+        """Also time sizes large enough to fill a GPU, and put the trainer's policy there."""
+        self.device = "cuda"
+        self.returns_sizes += [(1000, 4096), (1000, 65536)]
+        self.batch_sizes += [65536, 1 << 20]
+        self.trainer_overrides = {**self.trainer_overrides, "device": "cuda"}
 
 
 # --- timing -------------------------------------------------------------------------------------
@@ -123,19 +133,24 @@ def _no_gc():
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], repeats: int, sample_seconds: float,
-                warmup_calls: int) -> dict[str, list[float]]:
+                warmup_calls: int, sync: Callable[[], None] = lambda: None
+                ) -> dict[str, list[float]]:
     """Seconds per call of each candidate: ``repeats`` samples each, taken round-robin.
 
     After ``warmup_calls`` calls, each candidate's loop count is set so that one sample lasts
     about ``sample_seconds``; repeat ``r`` then times every candidate once, starting at a
-    different one each time, so that load changes hit all of them alike.
+    different one each time, so that load changes hit all of them alike. ``sync`` runs before
+    every clock reading (``torch.cuda.synchronize`` for GPU work, which is queued, not done, when
+    a call returns).
     """
     loops = {}
     for name, fn in candidates.items():
         for _ in range(warmup_calls):
             fn()
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         once = max(time.perf_counter() - start, 1e-7)
         loops[name] = max(1, min(10_000, round(sample_seconds / once)))
     names = list(candidates)
@@ -148,6 +163,7 @@ def interleaved(candidates: dict[str, Callable[[], object]], repeats: int, sampl
                 start = time.perf_counter()
                 for _ in range(n):
                     fn()
+                sync()
                 samples[name].append((time.perf_counter() - start) / n)
     return samples
 
@@ -188,11 +204,11 @@ def returns_torch_cumsum(rewards: Tensor, dones: Tensor, gamma: float) -> Tensor
     precision (fine for the benchmark's gamma and T; very small gamma or huge T overflow).
     """
     T, N = rewards.shape
-    steps = torch.arange(T, dtype=torch.float64)
+    steps = torch.arange(T, dtype=torch.float64, device=rewards.device)
     scale = torch.pow(gamma, steps).unsqueeze(1)  # [T, 1]
     suffix = (rewards.double() * scale).flip(0).cumsum(0).flip(0)
     suffix = torch.cat([suffix, suffix.new_zeros(1, N)])  # suffix[T] = 0
-    index = torch.arange(T).unsqueeze(1).expand(T, N)
+    index = torch.arange(T, device=rewards.device).unsqueeze(1).expand(T, N)
     end = torch.where(dones, index, T).flip(0).cummin(0).values.flip(0)  # T when none follows
     after = (end + 1).clamp_(max=T)
     return ((suffix[:T] - suffix.gather(0, after)) / scale).to(rewards.dtype)
@@ -267,15 +283,20 @@ def _op_entry(samples: dict[str, list[float]], native: str = "native",
 
 
 def bench_ops(settings: Settings, log: Callable[[str], None]) -> dict:
+    device = torch.device(settings.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     run = dict(repeats=settings.repeats, sample_seconds=settings.sample_seconds,
-               warmup_calls=settings.warmup_calls)
+               warmup_calls=settings.warmup_calls, sync=sync)
     results: dict[str, dict] = {"discounted_returns": {}, "sample_categorical": {},
                                 "pg_loss": {}}
     g = torch.Generator().manual_seed(0)
 
+    def data(*tensors: Tensor) -> list[Tensor]:  # drawn on the CPU: the same data on any device
+        return [t.to(device) for t in tensors]
+
     for T, N in settings.returns_sizes:
-        rewards = torch.randn(T, N, generator=g)
-        dones = torch.rand(T, N, generator=g) < DONE_PROB
+        rewards, dones = data(torch.randn(T, N, generator=g),
+                              torch.rand(T, N, generator=g) < DONE_PROB)
         want = ops.discounted_returns(rewards, dones, GAMMA)
         candidates = {
             "native": lambda: ops.discounted_returns(rewards, dones, GAMMA),
@@ -293,7 +314,7 @@ def bench_ops(settings: Settings, log: Callable[[str], None]) -> dict:
         log(f"  discounted_returns T{T}_N{N} done")
 
     for B in settings.batch_sizes:
-        logits = torch.randn(B, NUM_ACTIONS, generator=g)
+        (logits,) = data(torch.randn(B, NUM_ACTIONS, generator=g))
         for fn in (ops.sample_categorical, sample_with_categorical, sample_with_multinomial):
             actions, log_probs = fn(logits)
             assert actions.shape == (B,) and log_probs.shape == (B,)
@@ -311,9 +332,10 @@ def bench_ops(settings: Settings, log: Callable[[str], None]) -> dict:
         log(f"  sample_categorical B{B}_A{NUM_ACTIONS} done")
 
     for B in settings.batch_sizes:
-        logits = torch.randn(B, NUM_ACTIONS, generator=g).requires_grad_()
-        actions = torch.randint(0, NUM_ACTIONS, (B,), generator=g)
-        weights = torch.randn(B, generator=g)
+        logits, actions, weights = data(torch.randn(B, NUM_ACTIONS, generator=g),
+                                        torch.randint(0, NUM_ACTIONS, (B,), generator=g),
+                                        torch.randn(B, generator=g))
+        logits.requires_grad_()
         torch.testing.assert_close(pg_native(logits, actions, weights),
                                    pg_autograd(logits, actions, weights), rtol=1e-5, atol=1e-6)
         candidates = {
@@ -565,10 +587,11 @@ def bench_profile(settings: Settings, log: Callable[[str], None], top: int = 12)
     """Where the time of ``Reinforce.iterate`` (one rollout + one update) goes."""
     from pylander.config import TrainConfig
     from pylander.distributed import Collective
-    from pylander.trainer import build_algorithm
+    from pylander.trainer import build_algorithm, resolve_device
 
     config = TrainConfig(**{"quiet": True, **settings.trainer_overrides})
-    algo, envs = build_algorithm(config, torch.device("cpu"), Collective())
+    device = resolve_device(config.device)
+    algo, envs = build_algorithm(config, device, Collective(device))
     algo.reset_envs(config.seed)
     for _ in range(3):
         algo.iterate(0.0)
@@ -671,8 +694,10 @@ def format_report(results: dict) -> str:
     lines = []
     meta = results.get("meta", {})
     if meta:
+        gpu = f"{meta['gpu']} | " if meta.get("gpu") else ""
         lines.append(f"pylander {meta['pylander']} | torch {meta['torch']} | {meta['cpu']} | "
-                     f"{meta['cores']} cores | torch threads {meta['torch_threads']} | load "
+                     f"{meta['cores']} cores | {gpu}ops on {meta.get('device', 'cpu')} | "
+                     f"torch threads {meta['torch_threads']} | load "
                      f"{meta['load_before']} -> {meta.get('load_after', '?')} | "
                      f"{meta['preset']} run, {meta.get('seconds', '?')} s")
     op_results = results.get("ops", {})
@@ -697,7 +722,8 @@ def format_report(results: dict) -> str:
     if "trainer" in results:
         t, e = results["trainer"], results["env_only"]
         c = t["config"]
-        lines += ["", f"trainer (default config: {c['num_envs']} {c['vector']} envs x "
+        lines += ["", f"trainer (default config, policy on {c['device']}: "
+                      f"{c['num_envs']} {c['vector']} envs x "
                       f"{c['num_steps']} steps, {c.get('epochs', 1)} epochs x "
                       f"{c.get('minibatches', 1)} minibatches): {t['steps_per_s']:,.0f} steps/s; "
                       f"env only (random actions): {e['steps_per_s']:,.0f} steps/s; "
@@ -724,6 +750,8 @@ def format_report(results: dict) -> str:
         lines += ["", "cProfile, top functions by own time:", p["_text"]["cprofile"].strip(),
                   "", "torch.profiler, top ops by self CPU time:", p["_text"]["torch"].strip()]
     targets = results.get("targets", {})
+    if meta.get("device", "cpu") != "cpu":
+        lines += ["", "targets: set for the CPU, not checked on a GPU run"]
     if targets:
         lines += ["", "targets:"]
         for name, t in targets.items():
@@ -767,6 +795,8 @@ def run_benchmarks(settings: Settings, sections: tuple[str, ...] = SECTIONS[:-1]
         "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(), "load_before": _load(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"), "preset": settings.preset,
+        "device": settings.device,
+        "gpu": torch.cuda.get_device_name() if settings.device == "cuda" else None,
         "settings": dataclasses.asdict(settings)}}
     with tempfile.TemporaryDirectory(prefix="pylander-bench-") as tmp:
         workdir = Path(tmp)
@@ -785,7 +815,8 @@ def run_benchmarks(settings: Settings, sections: tuple[str, ...] = SECTIONS[:-1]
         if "profile" in sections:
             log("profile of training updates ...")
             results.update(bench_profile(settings, log))
-    results["targets"] = check_targets(results)
+    # The goals were set for the CPU ops and the CPU trainer; a GPU run reports its ratios only.
+    results["targets"] = check_targets(results) if settings.device == "cpu" else {}
     results["meta"]["load_after"] = _load()
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     return results
@@ -803,9 +834,22 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"run only these sections, of {', '.join(SECTIONS)}")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (the trainer's default is 1)")
+    parser.add_argument("--trainer-updates", type=int, metavar="N",
+                        help="updates timed in the trainer section (default 120, --quick 10)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the ops and the trainer's policy run (seed and distributed "
+                             "stay on the CPU)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     settings = Settings.quick() if args.quick else Settings.full()
     settings.threads = args.threads
+    if args.trainer_updates is not None:
+        if args.trainer_updates < 3:
+            parser.error("--trainer-updates must be at least 3 (the first fifth is warm-up)")
+        settings.trainer_updates = args.trainer_updates
+    if args.device == "cuda":
+        settings.on_gpu()
     sections = tuple(args.only) if args.only else SECTIONS[:-1]
     if args.profile and "profile" not in sections:
         sections += ("profile",)

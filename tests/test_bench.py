@@ -48,6 +48,55 @@ def test_interleaved_times_every_candidate_in_every_repeat():
     assert bench.speedup([2.0, 4.0, 6.0, 100.0], [1.0, 1.0, 2.0, 1.0]) == 5.0 / 1.0
 
 
+def test_interleaved_synchronises_before_every_clock_reading():
+    events = []
+    bench.interleaved({"a": lambda: events.append("call")}, repeats=2, sample_seconds=0.0,
+                      warmup_calls=1, sync=lambda: events.append("sync"))
+    # warm-up call, sync, timed call, sync (loop count), then one call + sync per repeat
+    assert events == ["call", "sync", "call", "sync"] + ["call", "sync"] * 2
+
+
+def test_gpu_settings_add_large_sizes_and_move_the_trainer():
+    settings = bench.Settings.full()
+    settings.on_gpu()
+    assert settings.device == "cuda" and settings.trainer_overrides["device"] == "cuda"
+    assert (1000, 65536) in settings.returns_sizes and (1000, 64) in settings.returns_sizes
+    assert max(settings.batch_sizes) >= 65536 and 64 in settings.batch_sizes
+    assert bench.Settings.full().device == "cpu"  # the defaults were not changed
+
+
+def test_gpu_runs_report_no_cpu_targets(monkeypatch):
+    entry = {"native_us": 1.0, "autograd_us": 1.0, "autograd_loss_only_us": 1.0,
+             "speedup_vs_autograd": 1.0, "speedup_vs_autograd_loss_only": 1.0}
+    monkeypatch.setattr(bench, "bench_ops", lambda settings, log: {"pg_loss": {"B1024_A4": entry}})
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    results = bench.run_benchmarks(tiny_settings(device="cuda"), ("ops",), log=lambda m: None)
+    assert results["targets"] == {} and results["meta"]["gpu"] == "Fake GPU"
+    assert "not checked on a GPU run" in bench.format_report(results)
+    cpu = bench.run_benchmarks(tiny_settings(), ("ops",), log=lambda m: None)
+    assert cpu["targets"]["pg_loss fwd+bwd[B=1024,A=4] vs autograd"]["met"] is False
+
+
+def test_cli_trainer_updates(monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(bench, "run_benchmarks", lambda settings, sections, log: seen.update(
+        updates=settings.trainer_updates) or {})
+    monkeypatch.setattr(bench, "format_report", lambda results: "")
+    assert bench.main(["--only", "trainer", "--trainer-updates", "7"]) == 0
+    assert seen["updates"] == 7
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "trainer", "--trainer-updates", "2"])
+    assert "at least 3" in capsys.readouterr().err
+
+
+def test_cli_refuses_cuda_without_a_gpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--device", "cuda", "--only", "ops"])
+    assert exit_info.value.code == 2
+    assert "--device cuda: torch sees no CUDA device" in capsys.readouterr().err
+
+
 def test_ops_and_trainer_sections_give_the_documented_keys(tmp_path):
     results = bench.run_benchmarks(tiny_settings(), ("ops", "trainer", "seed"), log=lambda m: None)
     expected = {"discounted_returns": ("T8_N3", ["python", "torch"]),
@@ -68,7 +117,7 @@ def test_ops_and_trainer_sections_give_the_documented_keys(tmp_path):
     # Sizes the tiny run skipped have no target entry rather than a made-up one.
     assert not any(name.startswith("pg_loss") for name in results["targets"])
     report = bench.format_report(results)
-    assert "discounted_returns" in report and "trainer (default config:" in report
+    assert "discounted_returns" in report and "trainer (default config, policy on cpu:" in report
     json.dumps(results)  # plain data throughout
 
 
