@@ -58,9 +58,8 @@ inline void check_generator_device(const std::optional<at::Generator>& generator
   const bool same = device.type() == ref.device().type() &&
                     (device.has_index() ? device.index() == ref.device().index()
                                         : ref.device().index() == c10::cuda::current_device());
-  TORCH_CHECK(same, "pylander: `generator` is on ",
-              generator->device(), " but `", ref_name, "` is on ", ref.device(),
-              "; move them to the same device");
+  TORCH_CHECK(same, "pylander: `generator` is on ", device, " but `", ref_name, "` is on ",
+              ref.device(), "; move them to the same device");
 }
 
 inline void check_cuda(const at::Tensor& t, const char* name) {
