@@ -423,11 +423,20 @@ def _window(turns: list[_Turn], skip_fraction: float = 0.2) -> list[_Turn]:
     return done[min(max(1, int(len(done) * skip_fraction)), len(done) - 1):]
 
 
-def _run_train(config, workdir: Path, tag: str) -> None:
+def _train_interleaved(config, workdir: Path, tag: str, baseline: Callable[[], int],
+                       close: Callable[[], None]) -> tuple[list[_Turn], float, float]:
+    """Train ``config`` with ``baseline`` run before every update (after one warm-up call), then
+    ``close()`` the baseline's env; returns the measured window, trainer and baseline steps/s."""
     from pylander.trainer import train
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        train(dataclasses.replace(config, out=str(workdir / tag)))
+    try:
+        baseline()  # warm-up
+        with _interleaved_with(baseline) as turns, contextlib.redirect_stdout(io.StringIO()):
+            train(dataclasses.replace(config, out=str(workdir / tag)))
+    finally:
+        close()
+    window = _window(turns)
+    return (window, *_rates(window))
 
 
 def bench_trainer(settings: Settings, workdir: Path, log: Callable[[str], None]) -> dict:
@@ -449,14 +458,8 @@ def bench_trainer(settings: Settings, workdir: Path, log: Callable[[str], None])
             envs.step(row)
         return actions.size
 
-    try:
-        env_only()  # warm-up
-        with _interleaved_with(env_only) as turns:
-            _run_train(config, workdir, "trainer")
-    finally:
-        envs.close()
-    window = _window(turns)
-    trainer_rate, env_rate = _rates(window)
+    window, trainer_rate, env_rate = _train_interleaved(config, workdir, "trainer", env_only,
+                                                        envs.close)
     per_update = [(t.baseline_s / t.baseline_steps) / (t.trainer_s / t.trainer_steps)
                   for t in window]
     trainer_s = sum(t.trainer_s for t in window)
@@ -502,14 +505,8 @@ def bench_seed(settings: Settings, workdir: Path, log: Callable[[str], None]) ->
 
     config = dataclasses.replace(TrainConfig(), **SEED_DEFAULTS, algo="seed",
                                  total_steps=settings.seed_steps, quiet=True, eval_episodes=1)
-    try:
-        notebook_episode()  # warm-up
-        with _interleaved_with(notebook_episode) as turns:
-            _run_train(config, workdir, "seed")
-    finally:
-        env.close()
-    window = _window(turns)
-    algo_rate, notebook_rate = _rates(window)
+    window, algo_rate, notebook_rate = _train_interleaved(config, workdir, "seed",
+                                                          notebook_episode, env.close)
     log(f"  notebook {notebook_rate:,.0f} steps/s, --algo seed {algo_rate:,.0f} steps/s over "
         f"{len(window)} interleaved episodes")
     return {
