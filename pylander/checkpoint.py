@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from pylander.algorithms import canonical_name
+
 FORMAT = "pylander-checkpoint"
 VERSION = 1
 
@@ -159,6 +161,8 @@ def validate_payload(payload: Any, path: Path) -> None:
         raise CheckpointError(f"{path} is damaged: it holds no policy parameters")
     if not isinstance(payload["architecture"].get("algo"), str):
         raise CheckpointError(f"{path} is damaged: its architecture names no algorithm")
+    # Checkpoints written under an algorithm's old name (``seed``) load as its current one.
+    payload["architecture"]["algo"] = canonical_name(payload["architecture"]["algo"])
     trainer = payload["trainer"]
     if not isinstance(trainer.get("counters"), dict) or not isinstance(
             trainer.get("recent_returns"), list):

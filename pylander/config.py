@@ -1,27 +1,36 @@
 """Every hyperparameter and run setting in one typed config, saved as ``config.toml``.
 
 The defaults are the ones that solve LunarLander-v3 (see README, "How the defaults were found").
-``--algo seed`` overrides the learning settings with the notebook's constants unless they are
-given explicitly (:data:`SEED_DEFAULTS`).
+A few settings depend on the algorithm (``--algo notebook`` uses the notebook's gamma 0.99 and one
+env): they are filled in from the algorithm's registry entry when the config is made, unless
+given, so that Python and the command line train the same thing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
-Algo = Literal["reinforce", "seed"]
+from pylander.algorithms import ALIASES as ALGO_ALIASES
+from pylander.algorithms import REGISTRY as ALGORITHMS
+from pylander.algorithms import canonical_name
+
 Baseline = Literal["value", "mean", "none"]
 VectorMode = Literal["sync", "async"]
 Device = Literal["cpu", "cuda", "auto"]
 
 
-def setting(default: Any, help: str, **kwargs: Any) -> Any:
-    """A config field with its command-line help text (train.py builds its flags from these)."""
+def setting(default: Any, help: str, *, per_algorithm: bool = False, **kwargs: Any) -> Any:
+    """A config field with its command-line help text (train.py builds its flags from these).
+
+    ``per_algorithm``: an algorithm's registry entry may give its own default; the field then
+    holds None until ``__post_init__`` fills it in.
+    """
+    if per_algorithm:
+        return field(default=None, metadata={"help": help, "default": default, **kwargs})
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
     return field(default=default, metadata={"help": help, **kwargs})
@@ -31,7 +40,8 @@ def setting(default: Any, help: str, **kwargs: Any) -> Any:
 class TrainConfig:
     # --- run -------------------------------------------------------------------------------
     env_id: str = setting("LunarLander-v3", "gymnasium env id (discrete actions)", flag="--env")
-    algo: Algo = setting("reinforce", "reinforce (batched, solves LunarLander) or seed (the notebook)")
+    algo: str = setting("reinforce", "reinforce (batched, solves LunarLander) or notebook (the seed "
+                        "notebook, exactly)", choices=[*ALGORITHMS, *ALGO_ALIASES])
     seed: int = setting(1, "seed for the network, sampling and the envs")
     total_steps: int = setting(3_000_000, "env-step budget, summed over all envs and processes")
     stop_when_solved: bool = setting(
@@ -42,12 +52,12 @@ class TrainConfig:
     out: str = setting("", "run directory (default runs/<env>-<algo>-seed<seed>)")
 
     # --- environments ----------------------------------------------------------------------
-    num_envs: int = setting(16, "parallel environments per process")
+    num_envs: int = setting(16, "parallel environments per process (notebook: 1)", per_algorithm=True)
     vector: VectorMode = setting("sync", "sync: envs in this process; async: one worker process each")
     num_steps: int = setting(128, "steps per env per update (rollout length)")
 
     # --- policy gradient -------------------------------------------------------------------
-    gamma: float = setting(0.999, "discount factor")
+    gamma: float = setting(0.999, "discount factor (notebook: 0.99)", per_algorithm=True)
     gae_lambda: float = setting(0.98, "GAE lambda (baseline=value)")
     reward_scale: float = setting(0.01, "multiply rewards by this for learning (logged returns stay raw)")
     baseline: Baseline = setting("value", "value: learned critic + GAE; mean: batch-mean return; none")
@@ -62,8 +72,8 @@ class TrainConfig:
     target_kl: float = setting(0.01, "end an update early once KL(old || new policy) exceeds this (0: never)")
     hidden_sizes: list[int] = setting([64, 64], "hidden layer widths of the actor and the critic")
 
-    # --- seed (notebook) mode --------------------------------------------------------------
-    alpha: float = setting(0.01, "the notebook's gradient scale (algo=seed only)")
+    # --- notebook mode ---------------------------------------------------------------------
+    alpha: float = setting(0.01, "the notebook's gradient scale (algo=notebook only)", per_algorithm=True)
 
     # --- evaluation, logging, checkpoints ---------------------------------------------------
     eval_episodes: int = setting(100, "evaluation episodes at the end of training")
@@ -71,6 +81,13 @@ class TrainConfig:
     log_interval: int = setting(10, "print a log line every this many updates")
     checkpoint_interval: int = setting(50, "save checkpoint.pt every this many updates")
     quiet: bool = setting(False, "no progress bar and no log lines")
+
+    def __post_init__(self) -> None:
+        self.algo = canonical_name(self.algo)
+        own = ALGORITHMS[self.algo].defaults if self.algo in ALGORITHMS else {}
+        for f in fields(self):
+            if "default" in f.metadata and getattr(self, f.name) is None:
+                setattr(self, f.name, own.get(f.name, f.metadata["default"]))
 
     def resolved_out(self) -> Path:
         return Path(self.out or f"runs/{self.env_id}-{self.algo}-seed{self.seed}")
@@ -99,7 +116,7 @@ class TrainConfig:
         if self.num_envs * self.num_steps < self.minibatches:
             raise ValueError("minibatches must not exceed num_envs * num_steps")
         for f in fields(self):
-            choices = get_args(get_type_hints(TrainConfig)[f.name])
+            choices = f.metadata.get("choices") or get_args(get_type_hints(TrainConfig)[f.name])
             if choices and isinstance(choices[0], str) and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
 
@@ -126,19 +143,17 @@ class TrainConfig:
             elif want is int and isinstance(value, float) and value.is_integer():
                 value = int(value)
             cleaned[key] = value
-        return dataclasses.replace(cls(), **cleaned)
+        return cls(**cleaned)
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """The config in a TOML file, with ``overrides`` on top."""
         try:
             with open(path, "rb") as fh:
-                return cls.from_dict(tomllib.load(fh))
+                values = tomllib.load(fh)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ValueError(f"cannot read config {path}: {exc}") from exc
-
-
-# The notebook's constants (lr 1e-3 is fixed inside its PolicyNetwork).
-SEED_DEFAULTS: dict[str, Any] = {"gamma": 0.99, "alpha": 0.01, "num_envs": 1}
+        return cls.from_dict({**values, **overrides})
 
 
 def _toml_value(value: Any) -> str:

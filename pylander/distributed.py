@@ -16,6 +16,7 @@ then aborts the process.)
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 from collections.abc import Callable
@@ -99,6 +100,40 @@ class Collective:
         parts = [torch.empty_like(mine) for _ in range(self.world_size)]
         self._call("gathering rollout layouts", dist.all_gather, parts, mine.contiguous())
         return torch.cat(parts, dim=1).to(dtype)
+
+    def moments(self, values: torch.Tensor) -> tuple[float, float, float]:
+        """``(count, mean, std)`` of ``values`` over every rank, in float64 (std unbiased; 0 for
+        fewer than two values)."""
+        count, total, total_sq = self.sum(torch.stack([
+            torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device),
+            values.double().sum(), values.double().pow(2).sum()])).tolist()
+        mean = total / count if count else 0.0
+        std = math.sqrt(max(total_sq - count * mean * mean, 0.0) / (count - 1)) if count > 1 else 0.0
+        return count, mean, std
+
+    def minibatches(self, mask: torch.Tensor, epochs: int, minibatches: int,
+                    generator: torch.Generator) -> list[tuple[torch.Tensor, float]]:
+        """Shuffled minibatches of the global batch: ``(my flat indices into mask, global size)``.
+
+        Every rank shuffles the same global list of the steps in ``mask`` (those of the
+        ``[T, N * ranks]`` batch, rank r holding columns r*N ... r*N + N-1) and keeps its own
+        steps of each slice, so the ranks' parts of minibatch b are exactly one process's
+        minibatch b. With one process this is a plain shuffle of ``mask``'s steps, ``epochs``
+        times, each cut into ``minibatches`` slices.
+        """
+        T, N = mask.shape
+        columns = N * self.world_size
+        global_index = self.gather_columns(mask).flatten().nonzero().squeeze(1).cpu()
+        batches = []
+        for _ in range(epochs):
+            order = global_index[torch.randperm(global_index.numel(), generator=generator)]
+            step, column = order // columns, order % columns - N * self.rank
+            mine = (column >= 0) & (column < N)
+            batches += [part[keep].to(mask.device)
+                        for part, keep in zip((step * N + column).tensor_split(minibatches),
+                                              mine.tensor_split(minibatches))]
+        sizes = self.sum(torch.tensor([float(b.numel()) for b in batches], device=mask.device))
+        return list(zip(batches, sizes.tolist()))
 
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
         """Make every rank start from rank 0's parameters."""

@@ -59,31 +59,24 @@ def evaluate(logits_fn: LogitsFn, env_id: str, episodes: int, seed: int, *,
     return np.asarray(returns)
 
 
-def policy_from_checkpoint(payload: dict) -> tuple[LogitsFn, str]:
-    """Rebuild the trained policy of a checkpoint; returns (logits function, env id)."""
-    from pylander import reference
-    from pylander.policies import ActorCritic
+def policy_from_checkpoint(payload: dict) -> tuple[torch.nn.Module, str]:
+    """Rebuild the trained policy of a checkpoint; returns (policy, env id), where
+    ``policy(obs)`` gives the action logits."""
+    from pylander.algorithms import get_algorithm
 
     arch = payload["architecture"]
-    state = payload["algorithm"]["policy"]
     try:
-        if arch["algo"] == "seed":
-            net = reference.PolicyNetwork((arch["obs_size"], arch["num_actions"]))
-        else:
-            net = ActorCritic(arch["obs_size"], arch["num_actions"], arch["hidden_sizes"],
-                              arch["critic"])
+        algorithm = get_algorithm(arch["algo"])
+    except ValueError as exc:
+        raise CheckpointError(f"the checkpoint's {exc}") from None
+    try:
+        policy = algorithm.policy_from_state(arch, payload["algorithm"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"the checkpoint's architecture {arch} is damaged: "
-                              f"{type(exc).__name__}: {exc}") from None
-    try:
-        net.load_state_dict(state)
-    except (RuntimeError, TypeError, KeyError) as exc:
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint parameters do not fit its own architecture: {reason}") from None
-    net.eval()
-    logits_fn = net if arch["algo"] == "seed" else net.logits
-    return logits_fn, payload["env_id"]
+        raise CheckpointError(f"the checkpoint's policy does not fit its own architecture "
+                              f"{arch}: {type(exc).__name__}: {reason}") from None
+    policy.eval()
+    return policy, payload["env_id"]
 
 
 def check_fits_env(architecture: dict, env_id: str) -> None:

@@ -1,93 +1,98 @@
-"""What a run reports: metrics.csv, TensorBoard events, a progress bar, log lines, the curve."""
+"""What a run writes and prints: ``metrics.csv`` with free-form columns, the console (progress
+bar and messages), and the learning curve."""
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 from pathlib import Path
 
 from tqdm import tqdm
 
-METRICS = ["update", "steps", "episodes", "seconds", "mean_return", "loss", "entropy"]
-"""metrics.csv columns; ``mean_return`` is over the last 100 finished training episodes.
-Every column but ``seconds`` (wall clock) is identical for two CPU runs with the same seed."""
+WALL_CLOCK = ("seconds", "steps_per_second")
+"""The metrics that measure time. Every other column is identical for two CPU runs with the
+same seed on one machine."""
 
 
-class RunLogger:
-    def __init__(self, out: Path, total_steps: int, *, quiet: bool, log_interval: int,
-                 resume_update: int = 0, initial_steps: int = 0, enabled: bool = True):
-        self.out, self.quiet, self.log_interval = out, quiet, log_interval
-        self.enabled = enabled
-        self.metrics_path = out / "metrics.csv"
-        self._bar = None
-        self._tb = None
-        if not enabled:
-            return
-        _truncate_metrics(self.metrics_path, resume_update)
-        new_file = not self.metrics_path.exists()
-        self._csv_file = open(self.metrics_path, "a", newline="")
-        self._csv = csv.writer(self._csv_file)
-        if new_file:
-            self._csv.writerow(METRICS)
-        from torch.utils.tensorboard import SummaryWriter
+class MetricsCSV:
+    """``metrics.csv``, one row per update, with a column for every key any row has had.
 
-        self._tb = SummaryWriter(str(out), purge_step=resume_update + 1 if resume_update else None)
-        show_bar = not quiet and not os.environ.get("PYLANDER_NO_TQDM")
-        if show_bar:
-            self._bar = tqdm(total=total_steps, initial=initial_steps, unit="step",
-                             unit_scale=True, dynamic_ncols=True, smoothing=0.1)
+    A key that first appears in a later row adds a column: the file is rewritten once with the
+    wider header (earlier rows get an empty cell). Each row is flushed as it is written. On resume
+    the rows after the checkpoint's update are dropped, as they are about to be redone, and the
+    run keeps its columns.
+    """
 
-    def log(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        self._csv.writerow([_fmt(row[k]) for k in METRICS])
-        self._csv_file.flush()
-        for key in ("mean_return", "loss", "entropy"):
-            if row[key] == row[key]:  # skip NaN (no episode finished yet)
-                self._tb.add_scalar(f"train/{key}", row[key], row["steps"])
-        self._tb.add_scalar("train/steps_per_second", row["steps_per_second"], row["steps"])
-        if self._bar is not None:
-            self._bar.update(row["steps"] - self._bar.n)
-            self._bar.set_postfix(ret=f"{row['mean_return']:.1f}", eps=row["episodes"], refresh=False)
-        if not self.quiet and row["update"] % self.log_interval == 0:
-            self.message(
-                f"update {row['update']:>6}  steps {row['steps']:>9}  episodes {row['episodes']:>6}  "
-                f"mean return {row['mean_return']:8.2f}  loss {row['loss']:8.4f}  "
-                f"entropy {row['entropy']:.3f}  {row['steps_per_second']:,.0f} steps/s")
+    def __init__(self, path: Path, resume_update: int = 0):
+        self.path = path
+        rows = _read_rows(path)
+        header = rows[0] if rows else []
+        kept = [row for row in rows[1:] if row and int(row[0]) <= resume_update]
+        self.columns: list[str] = list(header)
+        self._rewrite([dict(zip(header, row)) for row in kept])
 
-    def message(self, text: str) -> None:
-        if self.quiet or not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.write(text)
-        else:
-            print(text, flush=True)
+    def write(self, row: dict[str, float | int | str]) -> None:
+        new = [key for key in row if key not in self.columns]
+        if new:
+            old_rows = _read_rows(self.path)[1:]
+            old_columns, self.columns = self.columns, self.columns + new
+            self._rewrite([dict(zip(old_columns, r)) for r in old_rows])
+        self._writer.writerow({key: _fmt(value) for key, value in row.items()})
+        self._file.flush()
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, self.columns, restval="")
+            if self.columns:
+                writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, self.columns, restval="")
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-        if self._tb is not None:
-            self._tb.close()
-            self._csv_file.close()
-            self._tb = None
+        self._file.close()
+
+
+def _read_rows(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh))
 
 
 def _fmt(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _truncate_metrics(path: Path, keep_updates: int) -> None:
-    """On resume, drop rows written after the checkpoint; they are about to be redone."""
-    if not path.exists():
-        return
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= keep_updates]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        csv.writer(fh).writerows(kept)
-    os.replace(tmp, path)
+class Console:
+    """Progress bar and messages of the main process; silent when ``quiet`` or on other ranks."""
+
+    def __init__(self, *, quiet: bool, enabled: bool = True):
+        self.quiet = quiet or not enabled
+        self.bar: tqdm | None = None
+
+    def open_bar(self, total: int, initial: int) -> None:
+        if not self.quiet and not os.environ.get("PYLANDER_NO_TQDM"):
+            self.bar = tqdm(total=total, initial=initial, unit="step", unit_scale=True,
+                            dynamic_ncols=True, smoothing=0.1)
+
+    def message(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def plot_learning_curve(metrics_path: Path, png_path: Path, title: str,
@@ -99,7 +104,7 @@ def plot_learning_curve(metrics_path: Path, png_path: Path, title: str,
     import matplotlib.pyplot as plt
 
     with open(metrics_path, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["mean_return"] not in ("nan", "")]
+        rows = [r for r in csv.DictReader(fh) if _is_number(r.get("mean_return", ""))]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([int(r["steps"]) for r in rows], [float(r["mean_return"]) for r in rows],
             label="mean return, last 100 episodes")
@@ -113,3 +118,10 @@ def plot_learning_curve(metrics_path: Path, png_path: Path, title: str,
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False

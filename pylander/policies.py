@@ -1,7 +1,7 @@
 """Policies: the categorical MLP actor with an optional critic used by ``--algo reinforce``.
 
 The notebook's one-layer network lives in :mod:`pylander.reference` (``PolicyNetwork``), so that
-``--algo seed`` runs the very same class.
+``--algo notebook`` runs the very same class.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ class ActorCritic(nn.Module):
 
     def logits(self, obs: Tensor) -> Tensor:
         return self.actor(obs)
+
+    forward = logits  # policy(obs) gives the logits, as every algorithm's policy does
 
     def value(self, obs: Tensor) -> Tensor:
         if self.critic is None:

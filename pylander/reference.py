@@ -8,7 +8,7 @@ Two parts:
    ``run_episode``, ``discount_rewards`` and ``update``, transcribed faithfully. The only changes:
    the environment is ``LunarLander-v3`` (gymnasium 1.x removed v2), and ``run_episode`` stops
    on truncation as well as termination (the notebook loops forever on a truncated episode).
-   ``--algo seed`` in :mod:`pylander.algorithms.seed` must match this code exactly.
+   ``--algo notebook`` in :mod:`pylander.algorithms.notebook` must match this code exactly.
 """
 
 from __future__ import annotations

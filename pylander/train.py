@@ -4,7 +4,7 @@ Examples::
 
     python -m pylander.train                                  # LunarLander-v3, default settings
     python -m pylander.train --seed 3 --stop-when-solved
-    python -m pylander.train --algo seed                      # the notebook, exactly
+    python -m pylander.train --algo notebook                  # the notebook, exactly
     python -m pylander.train --env CartPole-v1 --total-steps 100000
     python -m pylander.train --resume runs/LunarLander-v3-reinforce-seed1
     python -m pylander.train --procs 2                        # 2 data-parallel processes
@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
-from pylander.config import SEED_DEFAULTS, TrainConfig
+from pylander.algorithms import ALIASES
+from pylander.config import TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif get_origin(kind) is list:
             kwargs.update(type=int, nargs="+")
-        elif get_args(kind):
-            kwargs["choices"] = get_args(kind)
+        elif f.metadata.get("choices") or get_args(kind):
+            kwargs["choices"] = f.metadata.get("choices") or get_args(kind)
         else:
             kwargs["type"] = kind
         parser.add_argument(flag, **kwargs)
@@ -73,17 +74,17 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
                          f"--out {args.out}")
         if not (args.resume / "config.toml").is_file():
             parser.error(f"--resume {args.resume}: no run there (no config.toml)")
+    if given.get("algo") in ALIASES:
+        print(f"pylander: --algo {given['algo']} is now called --algo {ALIASES[given['algo']]}",
+              file=sys.stderr)
     try:
         if args.resume is not None:
             config = TrainConfig.load(args.resume / "config.toml")
-            config.out = str(args.resume)
+            config = dataclasses.replace(config, **{**given, "out": str(args.resume)})
         elif args.config is not None:
-            config = TrainConfig.load(args.config)
+            config = TrainConfig.load(args.config, **given)
         else:
-            config = TrainConfig()
-            if given.get("algo") == "seed":
-                config = dataclasses.replace(config, **SEED_DEFAULTS)
-        config = dataclasses.replace(config, **given)
+            config = TrainConfig(**given)
         config.validate()
     except ValueError as exc:
         parser.error(str(exc))

@@ -1,5 +1,6 @@
-"""The training loop shared by every algorithm: counters, logging, checkpoints, stopping,
-evaluation and the run directory. The learning itself is in :mod:`pylander.algorithms`.
+"""The training loop shared by every algorithm: it runs the algorithm, keeps the counters and
+calls the hooks (:mod:`pylander.hooks`: checkpoints, stopping, metrics, progress) after every
+update. The learning itself is in :mod:`pylander.algorithms`.
 
 Run directory (``config.resolved_out()``): ``config.toml``, ``metrics.csv``, TensorBoard events,
 ``checkpoint.pt`` (latest), ``best.pt`` (best mean of the last 100 training episodes),
@@ -21,25 +22,24 @@ import dataclasses
 import json
 import math
 import signal
+import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 
-from pylander.algorithms import NonFiniteError
+from pylander.algorithms import Algorithm, Iteration, NonFiniteError, get_algorithm
 from pylander.checkpoint import (CheckpointError, atomic_write, load_checkpoint,
                                  remove_stale_temporaries, save_checkpoint)
 from pylander.config import TrainConfig
 from pylander.distributed import Collective
-from pylander.envs import check_spaces, make_vector_env, resolve_env_id, reward_threshold
+from pylander.envs import resolve_env_id, reward_threshold
 from pylander.evaluate import evaluate
-from pylander.logger import RunLogger, plot_learning_curve
-
-EVAL_RETRY_STEPS = 100_000
-"""After an evaluation fails to confirm a solved training mean, wait this long to retry."""
+from pylander.hooks import Callback, UpdateInfo, as_callback, default_hooks
+from pylander.logger import Console, plot_learning_curve
 
 
 class TrainingInterrupted(Exception):
@@ -70,29 +70,181 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_algorithm(config: TrainConfig, device: torch.device, comm: Collective):
-    """Make the env(s) and the algorithm object for ``config.algo``."""
-    if config.algo == "seed":
-        from pylander.algorithms.seed import NotebookReinforce
+class Run:
+    """One training run's state, shared by the trainer and its hooks."""
 
-        env = gym.make(config.env_id)
-        return NotebookReinforce(config, env, *check_spaces(env, config.env_id), device), env
-    from pylander.algorithms.reinforce import Reinforce
+    def __init__(self, config: TrainConfig, algorithm: Algorithm, comm: Collective,
+                 device: torch.device):
+        self.config, self.algorithm, self.comm, self.device = config, algorithm, comm, device
+        self.out = config.resolved_out()
+        self.threshold = reward_threshold(config.env_id)
+        self.counters: dict[str, Any] = {"update": 0, "steps": 0, "episodes": 0, "seconds": 0.0,
+                                         "best_mean": -math.inf, "next_eval_steps": 0}
+        self.recent: deque[float] = deque(maxlen=100)
+        """Returns of the last 100 finished training episodes (all ranks)."""
+        self.recent_lengths: deque[int] = deque(maxlen=100)
+        self.console = Console(quiet=config.quiet, enabled=comm.is_main)
+        self.eval_returns: np.ndarray | None = None
+        """The evaluation that is the run's result, once there is one."""
+        self.stop_reason = "budget"
+        self.summary: dict | None = None
 
-    envs = make_vector_env(config.env_id, config.num_envs, config.vector)
+    def message(self, text: str) -> None:
+        self.console.message(text)
+
+    def save(self, name: str) -> None:
+        """Write the checkpoint ``name`` (``checkpoint.pt``, ``best.pt``) on the main process."""
+        if self.comm.is_main:
+            save_checkpoint(self.out / name, env_id=self.config.env_id,
+                            architecture=self.algorithm.architecture(),
+                            algorithm=self.algorithm.state_dict(), config=vars(self.config),
+                            trainer={"counters": dict(self.counters),
+                                     "recent_returns": list(self.recent),
+                                     "recent_lengths": list(self.recent_lengths)})
+
+    def load(self) -> None:
+        """Restore the run from its ``checkpoint.pt`` (read by rank 0, sent to the others)."""
+        path = self.out / "checkpoint.pt"
+        payload = self.comm.on_main(
+            lambda: load_checkpoint(path, env_id=self.config.env_id,
+                                    architecture=self.algorithm.architecture()),
+            "rank 0 to load the checkpoint")
+        try:
+            self.algorithm.load_state_dict(payload["algorithm"])
+            self.counters.update(payload["trainer"]["counters"])
+            self.recent.extend(float(r) for r in payload["trainer"]["recent_returns"])
+            self.recent_lengths.extend(int(n) for n in payload["trainer"].get("recent_lengths", []))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path} does not fit this run ({type(exc).__name__}: "
+                                  f"{str(exc).strip()[:300]})") from None
+
+    def reset_envs(self) -> None:
+        """Fresh episodes from the seed of (run seed, update, rank): see PeriodicCheckpoint."""
+        self.algorithm.reset_envs(env_seed(self.config.seed, self.counters["update"],
+                                           self.comm.rank))
+
+    def evaluate(self, episodes: int | None = None) -> np.ndarray:
+        """Evaluate the current policy on rank 0 (every rank gets the returns)."""
+        cfg = self.config
+        return self.comm.on_main(
+            lambda: evaluate(self.algorithm.policy, cfg.env_id, episodes or cfg.eval_episodes,
+                             cfg.seed, stochastic=cfg.eval_stochastic, device=self.device),
+            "rank 0 to evaluate")
+
+    def record(self, iteration: Iteration, started: float) -> UpdateInfo:
+        """Count an update (over all ranks) and make its row of metrics."""
+        episodes = self.comm.gather(iteration.episodes)
+        counters = self.counters
+        counters["update"] += 1
+        counters["steps"] += iteration.steps * self.comm.world_size
+        counters["episodes"] += len(episodes)
+        counters["seconds"] = time.perf_counter() - started
+        self.recent.extend(r for r, _ in episodes)
+        self.recent_lengths.extend(n for _, n in episodes)
+        metrics: dict[str, Any] = {
+            "update": counters["update"], "steps": counters["steps"],
+            "episodes": counters["episodes"], "seconds": counters["seconds"],
+            "mean_return": float(np.mean(self.recent)) if self.recent else math.nan,
+            "episode_length": float(np.mean(self.recent_lengths)) if self.recent_lengths else math.nan,
+            **iteration.metrics,
+            "steps_per_second": counters["steps"] / max(counters["seconds"], 1e-9),
+        }
+        return UpdateInfo(counters["update"], counters["steps"], counters["episodes"],
+                          counters["seconds"], metrics, self)
+
+
+def train(config: TrainConfig, *, resume: bool = False,
+          callbacks: list[Callback | Any] = ()) -> dict:
+    """Train as ``config`` says; returns the summary (also written to ``summary.json``).
+
+    ``callbacks`` run after the trainer's own hooks, before the metrics are written (see
+    :mod:`pylander.hooks`). Raises ``ValueError`` for bad settings, :class:`CheckpointError` for
+    a bad checkpoint, :class:`TrainingInterrupted` after saving on SIGINT/SIGTERM, and
+    :class:`~pylander.algorithms.NonFiniteError` if training diverges (the last good checkpoint
+    is left untouched).
+    """
+    config.validate()
+    config.env_id = resolve_env_id(config.env_id)
+    device = resolve_device(config.device)
+    comm = Collective(device)
+    # Every rank must run the same settings (aside from where rank 0 writes and how a rank runs).
+    comm.check_same_settings(dataclasses.replace(config, out="", quiet=False, torch_threads=1,
+                                                 vector="sync").to_toml())
+    user_hooks = [as_callback(c) for c in callbacks]
+
+    torch.manual_seed(config.seed)  # the network's initial weights
+    run = Run(config, get_algorithm(config.algo).build(config, device, comm), comm, device)
+    first, last = default_hooks(config, run.threshold)
+    hooks = [*first, *user_hooks, *last]
     try:
-        sizes = check_spaces(envs, config.env_id)
-    except ValueError:
-        envs.close()
+        if resume:
+            run.load()
+        run.reset_envs()
+        _prepare_directory(run)
+        if resume:
+            run.message(f"resumed {run.out} at update {run.counters['update']}, "
+                        f"{run.counters['steps']} steps")
+        _train_loop(run, hooks)
+        comm.check_identical(run.algorithm.policy.state_dict())  # raises on every rank if the ranks diverged
+        run.save("checkpoint.pt")
+        if run.eval_returns is None:
+            with _SignalFlag(immediate=True):  # the checkpoint is saved; nothing to finish
+                run.eval_returns = run.evaluate()
+    except TrainingInterrupted as stop:  # checkpoint.pt is saved already
+        run.stop_reason = "interrupted"
+        _finish(run, hooks)
+        c = run.counters
+        raise TrainingInterrupted(stop.signum, (
+            f"interrupted by {signal.Signals(stop.signum).name} at update {c['update']} "
+            f"({c['steps']} of {config.total_steps} steps); checkpoint and summary saved in "
+            f"{run.out}. Resume with: python -m pylander.train --resume {run.out}")) from None
+    except NonFiniteError as exc:
+        _close(run, hooks)
+        checkpoint = run.out / "checkpoint.pt"
+        if checkpoint.is_file():
+            kept = f"The last good checkpoint, {checkpoint}, is untouched"
+        else:
+            kept = (f"No checkpoint was saved before it (the first is due at update "
+                    f"{config.checkpoint_interval})")
+        raise NonFiniteError(f"training diverged: {exc}. {kept}; a smaller --learning-rate or "
+                             "--max-grad-norm may help.") from None
+    except BaseException:
+        _close(run, hooks)
         raise
-    return Reinforce(config, envs, *sizes, device, comm), envs
+    summary = _finish(run, hooks)
+    verdict = "SOLVED" if summary["solved"] else "not solved"
+    run.message(f"{verdict}: {summary['eval_episodes']} evaluation episodes returned "
+                f"{summary['eval_mean_return']:.1f} +- {summary['eval_std_return']:.1f} after "
+                f"{summary['steps']} steps in {summary['seconds']:.0f} s. Results in {run.out}/")
+    return summary
+
+
+def _train_loop(run: Run, hooks: list[Callback]) -> None:
+    """Update until the budget is spent or a hook stops training; SIGINT/SIGTERM save first."""
+    config, counters = run.config, run.counters
+    started = time.perf_counter() - counters["seconds"]
+    with _SignalFlag() as interrupt:
+        for hook in hooks:
+            hook.on_start(run)
+        while counters["steps"] < config.total_steps:
+            iteration = _iterate(run.algorithm, counters["steps"] / config.total_steps,
+                                 counters["update"] + 1)
+            info = run.record(iteration, started)
+            stopped_by = [hook for hook in hooks if hook.on_update(info) is False]
+            if run.comm.any(bool(stopped_by)):
+                run.stop_reason = stopped_by[0].stop_reason if stopped_by else "callback"
+                return
+            if run.comm.any(interrupt.signum is not None):
+                run.save("checkpoint.pt")
+                raise TrainingInterrupted(interrupt.signum or signal.SIGTERM)
 
 
 class _SignalFlag:
     """Turns SIGINT/SIGTERM into a flag the loop checks between updates; a second one aborts.
 
     With ``immediate`` the first signal raises :class:`TrainingInterrupted` at once instead, for
-    work that holds no state worth finishing (the final evaluation).
+    work that holds no state worth finishing (the final evaluation). Outside the main thread
+    (``train`` called from a worker thread) signals cannot be caught, and this does nothing.
     """
 
     def __init__(self, immediate: bool = False):
@@ -101,8 +253,9 @@ class _SignalFlag:
         self._previous = {}
 
     def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -117,148 +270,7 @@ class _SignalFlag:
             signal.signal(sig, handler)
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> dict:
-    """Train as ``config`` says; returns the summary (also written to ``summary.json``).
-
-    Raises ``ValueError`` for bad settings, :class:`CheckpointError` for a bad checkpoint,
-    :class:`TrainingInterrupted` after saving on SIGINT/SIGTERM, and
-    :class:`~pylander.algorithms.NonFiniteError` if training diverges (the last good checkpoint
-    is left untouched).
-    """
-    config.validate()
-    config.env_id = resolve_env_id(config.env_id)
-    device = resolve_device(config.device)
-    comm = Collective(device)
-    out = config.resolved_out()
-    threshold = reward_threshold(config.env_id)
-
-    # Every rank must run the same settings (aside from where rank 0 writes and how a rank runs).
-    comm.check_same_settings(dataclasses.replace(config, out="", quiet=False, torch_threads=1,
-                                                 vector="sync").to_toml())
-    if comm.world_size > 1 and config.algo == "seed":
-        raise ValueError("--algo seed is the single-process notebook; run it without --procs/torchrun")
-
-    torch.manual_seed(config.seed)  # the network's initial weights
-    algo, envs = build_algorithm(config, device, comm)
-    counters = {"update": 0, "steps": 0, "episodes": 0, "seconds": 0.0, "best_mean": -math.inf,
-                "next_eval_steps": 0}
-    recent: deque[float] = deque(maxlen=100)
-    if resume:
-        # Rank 0 reads it and sends it to the others (whose machines may not have the file).
-        payload = comm.on_main(lambda: load_checkpoint(out / "checkpoint.pt", env_id=config.env_id,
-                                                       architecture=algo.architecture()),
-                               "rank 0 to load the checkpoint")
-        try:
-            algo.load_state_dict(payload["algorithm"])
-            counters.update(payload["trainer"]["counters"])
-            recent.extend(float(r) for r in payload["trainer"]["recent_returns"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{out / 'checkpoint.pt'} does not fit this run ("
-                                  f"{type(exc).__name__}: {str(exc).strip()[:300]})") from None
-    algo.reset_envs(env_seed(config.seed, counters["update"], comm.rank))
-
-    if comm.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        # Left behind by a run killed while saving (SIGKILL); the files themselves are intact.
-        remove_stale_temporaries(out, ["config.toml", "checkpoint.pt", "best.pt", "summary.json"])
-        atomic_write(out / "config.toml", lambda fh: fh.write(config.to_toml().encode()))
-    logger = RunLogger(out, config.total_steps, quiet=config.quiet, log_interval=config.log_interval,
-                       resume_update=counters["update"], initial_steps=counters["steps"],
-                       enabled=comm.is_main)
-    if resume:
-        logger.message(f"resumed {out} at update {counters['update']}, {counters['steps']} steps")
-
-    def save(path: Path) -> None:
-        if comm.is_main:
-            save_checkpoint(path, env_id=config.env_id, architecture=algo.architecture(),
-                            algorithm=algo.state_dict(), config=vars(config),
-                            trainer={"counters": dict(counters), "recent_returns": list(recent)})
-
-    def solved_by_training() -> bool:
-        return threshold is not None and len(recent) == recent.maxlen and np.mean(recent) >= threshold
-
-    stop_reason = "budget"
-    eval_returns = None
-    started = time.perf_counter() - counters["seconds"]
-    try:
-        with _SignalFlag() as interrupt:
-            while counters["steps"] < config.total_steps:
-                iteration = _iterate(algo, counters["steps"] / config.total_steps,
-                                     counters["update"] + 1)
-                episodes = comm.gather(iteration.episodes)
-                counters["update"] += 1
-                counters["steps"] += iteration.steps * comm.world_size
-                counters["episodes"] += len(episodes)
-                counters["seconds"] = time.perf_counter() - started
-                recent.extend(r for r, _ in episodes)
-                mean_return = float(np.mean(recent)) if recent else math.nan
-                logger.log({**counters, "mean_return": mean_return, "loss": iteration.loss,
-                            "entropy": iteration.entropy,
-                            "steps_per_second": counters["steps"] / max(counters["seconds"], 1e-9)})
-                if len(recent) == recent.maxlen and mean_return > counters["best_mean"]:
-                    counters["best_mean"] = mean_return
-                    save(out / "best.pt")
-                if counters["update"] % config.checkpoint_interval == 0:
-                    comm.check_identical(algo.policy.state_dict())
-                    save(out / "checkpoint.pt")
-                    algo.reset_envs(env_seed(config.seed, counters["update"], comm.rank))
-                if (config.stop_when_solved and solved_by_training()
-                        and counters["steps"] >= counters["next_eval_steps"]):
-                    eval_returns = comm.on_main(lambda: _evaluate(algo, config, device),
-                                                "rank 0 to evaluate")
-                    logger.message(f"training mean {mean_return:.1f} >= {threshold:g}; greedy "
-                                   f"evaluation: {eval_returns.mean():.1f}")
-                    if eval_returns.mean() >= threshold:
-                        stop_reason = "solved"
-                        break
-                    eval_returns = None
-                    counters["next_eval_steps"] = counters["steps"] + EVAL_RETRY_STEPS
-                if comm.any(interrupt.signum is not None):
-                    raise TrainingInterrupted(interrupt.signum or signal.SIGTERM)
-    except TrainingInterrupted as stop:
-        save(out / "checkpoint.pt")
-        envs.close()
-        raise _interrupted(stop.signum, config, counters, recent, threshold, out, logger,
-                           comm) from None
-    except NonFiniteError as exc:
-        logger.close()
-        envs.close()
-        checkpoint = out / "checkpoint.pt"
-        if checkpoint.is_file():
-            kept = f"The last good checkpoint, {checkpoint}, is untouched"
-        else:
-            kept = (f"No checkpoint was saved before it (the first is due at update "
-                    f"{config.checkpoint_interval})")
-        raise NonFiniteError(f"training diverged: {exc}. {kept}; a smaller --learning-rate or "
-                             "--max-grad-norm may help.") from None
-    except BaseException:
-        logger.close()
-        envs.close()
-        raise
-
-    comm.check_identical(algo.policy.state_dict())  # raises on every rank if the ranks diverged
-    save(out / "checkpoint.pt")
-    if counters["best_mean"] == -math.inf:  # 100 episodes never finished: keep the final policy
-        save(out / "best.pt")
-    envs.close()
-    if eval_returns is None:
-        try:
-            with _SignalFlag(immediate=True):  # the checkpoint is saved; nothing to finish
-                eval_returns = comm.on_main(lambda: _evaluate(algo, config, device),
-                                            "rank 0 to evaluate")
-        except TrainingInterrupted as stop:
-            raise _interrupted(stop.signum, config, counters, recent, threshold, out, logger,
-                               comm) from None
-    summary = _summary(config, counters, eval_returns, threshold, stop_reason, recent)
-    _finish(out, summary, logger, comm, threshold)
-    verdict = "SOLVED" if summary["solved"] else "not solved"
-    logger.message(f"{verdict}: {summary['eval_episodes']} evaluation episodes returned "
-                   f"{summary['eval_mean_return']:.1f} +- {summary['eval_std_return']:.1f} after "
-                   f"{counters['steps']} steps in {counters['seconds']:.0f} s. Results in {out}/")
-    return summary
-
-
-def _iterate(algo, progress: float, update: int):
+def _iterate(algo: Algorithm, progress: float, update: int) -> Iteration:
     """``algo.iterate``, with NaN/inf met by the native ops reported as the update's divergence."""
     try:
         return algo.iterate(progress)
@@ -278,47 +290,52 @@ def _iterate(algo, progress: float, update: int):
                              f"({str(exc).strip()[:200]})") from None
 
 
-def _interrupted(signum: int, config: TrainConfig, counters: dict, recent,
-                 threshold: float | None, out: Path, logger: RunLogger,
-                 comm: Collective) -> TrainingInterrupted:
-    """Write summary.json for a run stopped by a signal (its checkpoint is already saved)."""
-    summary = _summary(config, counters, None, threshold, "interrupted", recent)
-    _finish(out, summary, logger, comm, threshold)
-    return TrainingInterrupted(signum, (
-        f"interrupted by {signal.Signals(signum).name} at update {counters['update']} "
-        f"({counters['steps']} of {config.total_steps} steps); checkpoint and summary saved in "
-        f"{out}. Resume with: python -m pylander.train --resume {out}"))
+def _prepare_directory(run: Run) -> None:
+    if not run.comm.is_main:
+        return
+    run.out.mkdir(parents=True, exist_ok=True)
+    # Left behind by a run killed while saving (SIGKILL); the files themselves are intact.
+    remove_stale_temporaries(run.out, ["config.toml", "checkpoint.pt", "best.pt", "summary.json"])
+    atomic_write(run.out / "config.toml", lambda fh: fh.write(run.config.to_toml().encode()))
 
 
-def _evaluate(algo, config: TrainConfig, device: torch.device) -> np.ndarray:
-    return evaluate(algo.logits, config.env_id, config.eval_episodes, config.seed,
-                    stochastic=config.eval_stochastic, device=device)
-
-
-def _summary(config: TrainConfig, counters: dict, eval_returns: np.ndarray | None,
-             threshold: float | None, stop_reason: str, recent=()) -> dict:
-    evaluated = eval_returns is not None
+def _summary(run: Run) -> dict:
+    config, counters, returns, threshold = run.config, run.counters, run.eval_returns, run.threshold
+    evaluated = returns is not None and run.stop_reason != "interrupted"
     return {
         "env": config.env_id, "algo": config.algo, "seed": config.seed,
         "steps": counters["steps"], "episodes": counters["episodes"], "updates": counters["update"],
         "seconds": round(counters["seconds"], 3),
         "steps_per_second": round(counters["steps"] / max(counters["seconds"], 1e-9), 1),
-        "train_mean_return": float(np.mean(recent)) if len(recent) else None,  # last 100 episodes
-        "eval_mean_return": float(eval_returns.mean()) if evaluated else None,
-        "eval_std_return": float(eval_returns.std()) if evaluated else None,
-        "eval_episodes": int(eval_returns.size) if evaluated else 0,
+        "train_mean_return": float(np.mean(run.recent)) if run.recent else None,  # last 100 episodes
+        "eval_mean_return": float(returns.mean()) if evaluated else None,
+        "eval_std_return": float(returns.std()) if evaluated else None,
+        "eval_episodes": int(returns.size) if evaluated else 0,
         "eval_greedy": not config.eval_stochastic,
         "reward_threshold": threshold,
-        "solved": bool(evaluated and threshold is not None and eval_returns.mean() >= threshold),
-        "stop_reason": stop_reason,
+        "solved": bool(evaluated and threshold is not None and returns.mean() >= threshold),
+        "stop_reason": run.stop_reason,
     }
 
 
-def _finish(out: Path, summary: dict, logger: RunLogger, comm: Collective,
-            threshold: float | None) -> None:
-    logger.close()
-    if not comm.is_main:
-        return
-    atomic_write(out / "summary.json", lambda fh: fh.write(json.dumps(summary, indent=2).encode()))
-    plot_learning_curve(out / "metrics.csv", out / "learning_curve.png",
-                        f"{summary['env']} ({summary['algo']}, seed {summary['seed']})", threshold)
+def _finish(run: Run, hooks: list[Callback]) -> dict:
+    """The run's result: hooks' ``on_end``, then ``summary.json`` and the learning curve."""
+    run.summary = _summary(run)
+    try:
+        for hook in hooks:
+            hook.on_end(run)
+    finally:
+        _close(run, hooks)
+    if run.comm.is_main:
+        atomic_write(run.out / "summary.json",
+                     lambda fh: fh.write(json.dumps(run.summary, indent=2).encode()))
+        plot_learning_curve(run.out / "metrics.csv", run.out / "learning_curve.png",
+                            f"{run.summary['env']} ({run.summary['algo']}, seed "
+                            f"{run.summary['seed']})", run.threshold)
+    return run.summary
+
+
+def _close(run: Run, hooks: list[Callback]) -> None:
+    for hook in hooks:
+        hook.close()
+    run.algorithm.close()

@@ -30,6 +30,7 @@ from pylander.checkpoint import CheckpointError, load_checkpoint
 from pylander.config import TrainConfig
 from pylander.distributed import Collective, DistributedError, init_from_env, shutdown
 from pylander.envs import make_vector_env
+from pylander.logger import WALL_CLOCK
 from pylander.rollout import Rollout
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
@@ -228,7 +229,7 @@ def test_seed_algorithm_refuses_several_ranks(tmp_path):
     from pylander.trainer import train
 
     def target(rank):
-        return train(TrainConfig(algo="seed", out=str(tmp_path / "seed"), quiet=True))
+        return train(TrainConfig(algo="notebook", out=str(tmp_path / "notebook"), quiet=True))
 
     for ok, value in run_ranks(target):
         assert not ok and value[0] == "ValueError" and "single-process" in value[1]
@@ -270,7 +271,7 @@ RUN = ["--env", "CartPole-v1", "--num-envs", "2", "--num-steps", "16", "--checkp
 
 def read_metrics(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
+        return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in csv.DictReader(fh)]
 
 
 def train_ranks(args: list[str], world_size: int = 2) -> list:

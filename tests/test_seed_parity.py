@@ -1,4 +1,4 @@
-"""`--algo seed` against the notebook transcribed in pylander.reference, from the same seed."""
+"""`--algo notebook` against the notebook transcribed in pylander.reference, from the same seed."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from pylander import reference
-from pylander.algorithms.seed import NotebookReinforce
+from pylander.algorithms.notebook import NotebookReinforce
 from pylander.checkpoint import load_checkpoint
-from pylander.config import SEED_DEFAULTS, TrainConfig
+from pylander.config import TrainConfig
 from pylander.envs import check_spaces
 from pylander.train import main as train_main
 from pylander.trainer import env_seed
@@ -32,9 +32,11 @@ def reference_parameters(seed: int, episodes: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("seed", [0, 7, 11])
-def test_seed_algorithm_matches_notebook(seed):
+def test_notebook_algorithm_matches_notebook(seed):
     # Both sides run in the notebook's float32; they agree to ~1e-7.
-    config = dataclasses.replace(TrainConfig(algo="seed", seed=seed, quiet=True), **SEED_DEFAULTS)
+    # The notebook's constants come with the algorithm, in Python as on the command line.
+    config = TrainConfig(algo="notebook", seed=seed, quiet=True)
+    assert (config.gamma, config.alpha, config.num_envs) == (0.99, 0.01, 1)
     torch.manual_seed(seed)
     env = reference.make_env()
     algo = NotebookReinforce(config, env, *check_spaces(env, config.env_id), torch.device("cpu"))
@@ -50,9 +52,9 @@ def test_seed_algorithm_matches_notebook(seed):
     assert (untouched["w.weight"] - want["w.weight"]).abs().max() > 1e-3
 
 
-def test_seed_cli_matches_notebook(tmp_path):
+def test_notebook_cli_matches_notebook(tmp_path):
     out = tmp_path / "run"
-    code = train_main(["--algo", "seed", "--seed", "3", "--total-steps", "500", "--out", str(out),
+    code = train_main(["--algo", "notebook", "--seed", "3", "--total-steps", "500", "--out", str(out),
                        "--eval-episodes", "2", "--quiet"])
     assert code == 0
     payload = load_checkpoint(out / "checkpoint.pt")
@@ -63,8 +65,20 @@ def test_seed_cli_matches_notebook(tmp_path):
         torch.testing.assert_close(value, want[name], rtol=0, atol=1e-5)
 
 
-def test_seed_mode_prints_the_notebook_progress_line(tmp_path, capsys):
-    code = train_main(["--algo", "seed", "--total-steps", "50", "--out", str(tmp_path / "r"),
+def test_old_name_seed_still_works_with_a_notice(tmp_path, capsys):
+    out = tmp_path / "old"
+    assert train_main(["--algo", "seed", "--total-steps", "50", "--out", str(out),
+                       "--eval-episodes", "1", "--quiet"]) == 0
+    assert "--algo seed is now called --algo notebook" in capsys.readouterr().err
+    assert TrainConfig.load(out / "config.toml").algo == "notebook"
+    # A config file and a checkpoint written under the old name load as the notebook.
+    (out / "config.toml").write_text((out / "config.toml").read_text().replace(
+        'algo = "notebook"', 'algo = "seed"'))
+    assert TrainConfig.load(out / "config.toml").algo == "notebook"
+
+
+def test_notebook_mode_prints_the_notebook_progress_line(tmp_path, capsys):
+    code = train_main(["--algo", "notebook", "--total-steps", "50", "--out", str(tmp_path / "r"),
                        "--eval-episodes", "1", "--no-quiet"])
     assert code == 0
     assert "Episode 0 finished with average reward" in capsys.readouterr().out

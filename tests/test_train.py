@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import torch
 
 from pylander.checkpoint import load_checkpoint
 from pylander.config import TrainConfig
-from pylander.logger import METRICS
+from pylander.logger import WALL_CLOCK
 from pylander.train import main as train_main
 
 CARTPOLE = ["--env", "CartPole-v1", "--quiet"]  # the default algorithm and settings
@@ -43,7 +44,12 @@ def test_lunarlander_run_writes_every_output(tmp_path):
     assert config.env_id == "LunarLander-v3" and config.seed == 2 and config.num_envs == 4
 
     rows = read_metrics(out / "metrics.csv")
-    assert list(rows[0]) == METRICS
+    for column in ["update", "steps", "episodes", "seconds", "mean_return", "episode_length",
+                   "steps_per_second", "policy_loss", "value_loss", "entropy", "approx_kl",
+                   "explained_variance", "learning_rate", "minibatches", "grad_norm"]:
+        assert column in rows[0], column
+    assert all(1 <= int(r["minibatches"]) <= 16 for r in rows)
+    assert float(rows[0]["learning_rate"]) == 3e-4 > float(rows[-1]["learning_rate"])
     assert [int(r["update"]) for r in rows] == list(range(1, len(rows) + 1))
     assert int(rows[-1]["steps"]) == 3072 and len(rows) == 12
 
@@ -57,7 +63,10 @@ def test_lunarlander_run_writes_every_output(tmp_path):
 
     events = EventAccumulator(str(out))
     events.Reload()
-    assert "train/loss" in events.Tags()["scalars"]
+    scalars = events.Tags()["scalars"]
+    assert {"train/policy_loss", "train/approx_kl", "train/mean_return"} <= set(scalars)
+    assert [e.step for e in events.Scalars("train/policy_loss")][-1] == 3072  # at env steps
+    assert events.Scalars("eval/mean_return")[0].value == pytest.approx(summary["eval_mean_return"])
 
     checkpoint = load_checkpoint(out / "checkpoint.pt", env_id="LunarLander-v3")
     assert checkpoint["trainer"]["counters"]["update"] == 12
@@ -70,7 +79,7 @@ def test_lunarlander_run_writes_every_output(tmp_path):
 
 
 def strip_seconds(rows):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in rows]
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
@@ -101,7 +110,7 @@ def test_mean_and_no_baseline_train(tmp_path):
         assert train_main([*CARTPOLE, "--baseline", baseline, "--total-steps", "3000",
                            "--eval-episodes", "2", "--out", str(out)]) == 0
         rows = read_metrics(out / "metrics.csv")
-        assert all(r["loss"] not in ("nan", "") for r in rows[1:])
+        assert all(r["policy_loss"] not in ("nan", "") for r in rows[1:])
         assert "critic" not in "".join(load_checkpoint(out / "checkpoint.pt")["algorithm"]["policy"])
 
 
@@ -110,7 +119,7 @@ def test_acrobot_trains(tmp_path):
     assert train_main(["--env", "Acrobot-v1", "--total-steps", "2048", "--num-envs", "4",
                        "--eval-episodes", "2", "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "summary.json").read_text())["env"] == "Acrobot-v1"
-    assert torch.isfinite(torch.tensor(float(read_metrics(out / "metrics.csv")[-1]["loss"])))
+    assert torch.isfinite(torch.tensor(float(read_metrics(out / "metrics.csv")[-1]["policy_loss"])))
 
 
 def test_async_vector_env_gives_the_same_run_as_sync(tmp_path):

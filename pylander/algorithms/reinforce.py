@@ -20,20 +20,23 @@ import math
 
 import gymnasium as gym
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pylander import ops
 from pylander.algorithms import Iteration, NonFiniteError, check_parameters
 from pylander.config import TrainConfig
 from pylander.distributed import Collective
+from pylander.envs import check_spaces, make_vector_env
 from pylander.policies import ActorCritic
 from pylander.rollout import Rollout, RolloutCollector
 
 
 class Reinforce:
+    name = "reinforce"
+
     def __init__(self, config: TrainConfig, envs: gym.vector.VectorEnv, obs_size: int,
                  num_actions: int, device: torch.device, comm: Collective | None = None):
-        self.config, self.device = config, device
+        self.config, self.device, self.envs = config, device, envs
         self.comm = comm or Collective(device)
         self.policy = ActorCritic(obs_size, num_actions, config.hidden_sizes,
                                   critic=config.baseline == "value").to(device)
@@ -41,7 +44,7 @@ class Reinforce:
         # Sampling and minibatch shuffling draw from their own seeded generators, so a run is
         # reproducible and a checkpoint can restore them exactly. Sampling differs per rank (and
         # with several ranks is reseeded with the envs, see reset_envs); shuffling is the same on
-        # every rank, which shuffles the global batch (see update).
+        # every rank, which shuffles the global batch (Collective.minibatches).
         rank = self.comm.rank
         self.sample_generator = torch.Generator(device=device).manual_seed(config.seed + 7919 * rank)
         self.shuffle_generator = torch.Generator().manual_seed(config.seed + 1)
@@ -49,6 +52,22 @@ class Reinforce:
         self.collector = RolloutCollector(envs, self.policy, config.num_steps,
                                           self.sample_generator, device)
         self.updates = 0
+
+    @classmethod
+    def build(cls, config: TrainConfig, device: torch.device, comm: Collective) -> Reinforce:
+        envs = make_vector_env(config.env_id, config.num_envs, config.vector)
+        try:
+            return cls(config, envs, *check_spaces(envs, config.env_id), device, comm)
+        except BaseException:
+            envs.close()
+            raise
+
+    @staticmethod
+    def policy_from_state(architecture: dict, state: dict) -> nn.Module:
+        policy = ActorCritic(architecture["obs_size"], architecture["num_actions"],
+                             architecture["hidden_sizes"], architecture["critic"])
+        policy.load_state_dict(state["policy"])
+        return policy
 
     # --- the algorithm ---------------------------------------------------------------------
 
@@ -58,9 +77,9 @@ class Reinforce:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.config.learning_rate * max(1.0 - progress, 0.0)
         rollout = self.collector.collect()
-        stats = self.update(rollout)
+        metrics = self.update(rollout)
         self.updates += 1
-        return Iteration(steps=rollout.num_steps, episodes=self.collector.pop_finished(), **stats)
+        return Iteration(rollout.num_steps, self.collector.pop_finished(), metrics)
 
     def advantages(self, rollout: Rollout) -> tuple[Tensor, Tensor, Tensor]:
         """Return ``(advantages, returns, mask)``, each ``[T, N]``; the loss uses ``mask`` steps."""
@@ -84,59 +103,40 @@ class Reinforce:
         ends_later = dones.flip(0).to(torch.int8).cummax(0).values.flip(0).bool()
         mask = valid & ends_later
         baseline = 0.0
-        if cfg.baseline == "mean" and self.comm.active:  # the mean over every rank's batch
-            total, count = self.comm.sum(torch.stack(
-                [returns[mask].double().sum(), mask.sum().double()])).tolist()
-            baseline = total / count if count else 0.0
-        elif cfg.baseline == "mean" and mask.any():
-            baseline = returns[mask].mean()
+        if cfg.baseline == "mean":  # the mean over every rank's batch
+            count, mean, _ = self.comm.moments(returns[mask])
+            baseline = mean if count else 0.0
         return returns - baseline, returns, mask
 
     def update(self, rollout: Rollout) -> dict[str, float]:
-        """One pass of ``minibatches`` Adam steps over the rollout.
+        """``epochs`` passes of ``minibatches`` Adam steps over the rollout, ended early once the
+        policy has moved ``target_kl`` away from the one that collected it.
 
         Losses are sums divided by the *global* sample count and gradients are summed over
-        ranks, so N ranks with E envs each make the update one process would make with N * E
-        envs on the same episodes (up to float summation order; ``tests/test_distributed.py``).
+        ranks (:class:`Collective`), so N ranks with E envs each make the update one process
+        would make with N * E envs on the same episodes.
         """
         cfg, comm = self.config, self.comm
         advantages, returns, mask = self.advantages(rollout)
         T, N = rollout.actions.shape
-        index = mask.flatten().nonzero().squeeze(1)
         obs = rollout.obs[:T].reshape(T * N, -1)
         actions = rollout.actions.to(self.device).flatten()
         advantages, returns = advantages.flatten(), returns.flatten()
-        count, total, total_sq = comm.sum(torch.stack([
-            torch.tensor(float(index.numel()), dtype=torch.float64, device=self.device),
-            advantages[index].double().sum(), advantages[index].double().pow(2).sum()])).tolist()
+        values = returns - advantages  # the critic's estimates (before normalisation)
+        index = mask.flatten().nonzero().squeeze(1)
+        count, mean, std = comm.moments(advantages[index])
         if count == 0:
             return {}
         if cfg.normalize_advantages and count > 1:
-            mean = total / count
-            std = math.sqrt(max(total_sq - count * mean * mean, 0.0) / (count - 1))
             advantages = (advantages - mean) / (std + 1e-8)
+        batches = comm.minibatches(mask, cfg.epochs, cfg.minibatches, self.shuffle_generator)
+        with torch.no_grad():
+            old_log_probs = torch.log_softmax(self.policy.logits(obs), -1)
 
-        # Minibatches: every rank shuffles the same global list of loss steps (those of the
-        # [T, N * ranks] batch, rank r holding columns r*N ... r*N + N-1) and keeps its own steps
-        # of each slice, so the ranks' parts of minibatch b are exactly one process's minibatch b.
-        # With one process this is a plain shuffle of ``index``.
-        columns = N * comm.world_size
-        global_index = comm.gather_columns(mask).flatten().nonzero().squeeze(1).cpu()
-        batches = []
-        for _ in range(cfg.epochs):
-            order = global_index[torch.randperm(global_index.numel(), generator=self.shuffle_generator)]
-            step, column = order // columns, order % columns - N * comm.rank
-            mine = (column >= 0) & (column < N)
-            batches += [part[keep].to(self.device)
-                        for part, keep in zip((step * N + column).tensor_split(cfg.minibatches),
-                                              mine.tensor_split(cfg.minibatches))]
-        global_sizes = comm.sum(torch.tensor([float(b.numel()) for b in batches], device=self.device))
-        reported = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss, entropy
-        if cfg.target_kl > 0:
-            with torch.no_grad():
-                old_log_probs = torch.log_softmax(self.policy.logits(obs), -1)
+        # policy loss, value loss, entropy, grad norm: summed over the Adam steps taken
+        totals = torch.zeros(4, dtype=torch.float64, device=self.device)
         steps_taken = 0
-        for step, (batch, global_size) in enumerate(zip(batches, global_sizes.tolist())):
+        for step, (batch, global_size) in enumerate(batches):
             if global_size == 0:
                 continue
             logits = self.policy.logits(obs[batch])
@@ -146,9 +146,11 @@ class Reinforce:
             policy_loss, entropy = ops.pg_loss(logits, actions[batch], advantages[batch], "sum")
             entropy = entropy * batch.numel()  # pg_loss reports the batch mean
             loss = policy_loss - cfg.ent_coef * entropy
+            value_loss = torch.zeros((), device=self.device)
             if self.policy.critic is not None:
-                value_error = self.policy.value(obs[batch]) - returns[batch]
-                loss = loss + cfg.vf_coef * 0.5 * value_error.pow(2).sum()
+                squared_error = (self.policy.value(obs[batch]) - returns[batch]).pow(2).sum()
+                loss = loss + cfg.vf_coef * 0.5 * squared_error
+                value_loss = 0.5 * squared_error.detach()
             loss = loss / global_size
             self.optimizer.zero_grad(set_to_none=False)
             loss.backward()
@@ -159,10 +161,22 @@ class Reinforce:
                 raise NonFiniteError(f"non-finite {what} at update {self.updates + 1}; "
                                      "the update was not applied")
             self.optimizer.step()
-            reported += torch.stack([loss.detach(), entropy.detach() / global_size]).double()
+            # Gradients are summed over ranks, so every rank has the same norm: count it once.
+            totals += torch.stack([policy_loss.detach(), value_loss, entropy.detach(),
+                                   grad_norm.detach() * global_size / comm.world_size]
+                                  ).double() / global_size
         check_parameters(self.policy, self.updates + 1)
-        loss, entropy = (comm.sum(reported) / max(steps_taken, 1)).tolist()
-        return {"loss": loss, "entropy": entropy}
+        policy_loss, value_loss, entropy, grad_norm = (comm.sum(totals) / max(steps_taken, 1)).tolist()
+        with torch.no_grad():
+            new_logits = self.policy.logits(obs[index])
+        metrics = {"policy_loss": policy_loss, "entropy": entropy, "grad_norm": grad_norm,
+                   "approx_kl": self._kl(old_log_probs[index], new_logits, count),
+                   "minibatches": steps_taken,
+                   "learning_rate": self.optimizer.param_groups[0]["lr"]}
+        if self.policy.critic is not None:
+            metrics["value_loss"] = value_loss
+            metrics["explained_variance"] = self._explained_variance(values[index], returns[index])
+        return metrics
 
     def _kl(self, old_log_probs: Tensor, logits: Tensor, global_size: float) -> float:
         """Mean KL(old policy || current policy) over a minibatch, across all ranks."""
@@ -170,6 +184,13 @@ class Reinforce:
             new_log_probs = torch.log_softmax(logits, -1)
             kl = (old_log_probs.exp() * (old_log_probs - new_log_probs)).sum()
         return self.comm.sum(kl).item() / global_size
+
+    def _explained_variance(self, values: Tensor, returns: Tensor) -> float:
+        """1 - Var(returns - values) / Var(returns) over the batch: 1 is a perfect critic, 0 no
+        better than a constant."""
+        _, _, std_returns = self.comm.moments(returns)
+        _, _, std_error = self.comm.moments(returns - values)
+        return 1.0 - (std_error / std_returns) ** 2 if std_returns > 0 else math.nan
 
     def clip_gradients(self) -> Tensor:
         """Clip the actor's and the critic's gradients separately; returns the larger norm.
@@ -183,9 +204,6 @@ class Reinforce:
 
     # --- trainer interface -----------------------------------------------------------------
 
-    def logits(self, obs: Tensor) -> Tensor:
-        return self.policy.logits(obs)
-
     def reset_envs(self, seed: int) -> None:
         """Fresh episodes from ``seed`` (the trainer derives it from the run's seed, the update and
         the rank). With several ranks the sampling stream restarts from it too, so a checkpoint
@@ -195,7 +213,7 @@ class Reinforce:
             self.sample_generator.manual_seed(seed)
 
     def architecture(self) -> dict:
-        return {"algo": "reinforce", **self.policy.architecture()}
+        return {"algo": self.name, **self.policy.architecture()}
 
     def state_dict(self) -> dict:
         return {
@@ -212,3 +230,6 @@ class Reinforce:
         self.sample_generator.set_state(state["sample_generator"])
         self.shuffle_generator.set_state(state["shuffle_generator"])
         self.updates = int(state["updates"])
+
+    def close(self) -> None:
+        self.envs.close()

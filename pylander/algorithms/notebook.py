@@ -1,4 +1,4 @@
-"""The seed notebook's REINFORCE, exactly: ``--algo seed``.
+"""The seed notebook's REINFORCE, exactly: ``--algo notebook`` (formerly ``--algo seed``).
 
 One episode at a time with the notebook's ``PolicyNetwork`` (Linear + ReLU, log of softmax
 + 1e-9), then its per-step update: for each step t, one Adam step (lr 1e-3) on the gradient
@@ -22,17 +22,39 @@ from torch import Tensor
 from pylander import ops, reference
 from pylander.algorithms import Iteration, check_parameters
 from pylander.config import TrainConfig
+from pylander.envs import check_spaces
 
 
 class NotebookReinforce:
+    name = "notebook"
+
     def __init__(self, config: TrainConfig, env: gym.Env, obs_size: int, num_actions: int,
                  device: torch.device):
         if device.type != "cpu":
-            raise ValueError("--algo seed reproduces the notebook on the CPU only")
+            raise ValueError("--algo notebook reproduces the notebook on the CPU only")
         self.config, self.env = config, env
+        # Its forward pass gives log-probabilities, which serve as the logits.
         self.policy = reference.PolicyNetwork((obs_size, num_actions))
         self.updates = 0
         self._episode_returns: list[float] = []
+
+    @classmethod
+    def build(cls, config: TrainConfig, device: torch.device, comm) -> NotebookReinforce:
+        if comm.world_size > 1:
+            raise ValueError("--algo notebook is the single-process notebook; run it without "
+                             "--procs/torchrun")
+        env = gym.make(config.env_id)
+        try:
+            return cls(config, env, *check_spaces(env, config.env_id), device)
+        except BaseException:
+            env.close()
+            raise
+
+    @staticmethod
+    def policy_from_state(architecture: dict, state: dict) -> torch.nn.Module:
+        policy = reference.PolicyNetwork((architecture["obs_size"], architecture["num_actions"]))
+        policy.load_state_dict(state["policy"])
+        return policy
 
     def run_episode(self) -> tuple[Tensor, Tensor, Tensor]:
         """Play one episode like the notebook's ``run_episode``; returns (obs, actions, rewards)."""
@@ -89,19 +111,17 @@ class NotebookReinforce:
             # The notebook's own progress line: the mean over every episode so far.
             print(f"Episode {self.updates - 1} finished with average reward "
                   f"{np.mean(self._episode_returns)}")
-        return Iteration(steps=int(rewards.shape[0]), episodes=[(episode_return, int(rewards.shape[0]))],
-                         loss=loss, entropy=entropy)
+        steps = int(rewards.shape[0])
+        return Iteration(steps, [(episode_return, steps)],
+                         {"policy_loss": loss, "entropy": entropy, "learning_rate": optimizer.param_groups[0]["lr"]})
 
     # --- trainer interface -----------------------------------------------------------------
-
-    def logits(self, obs: Tensor) -> Tensor:
-        return self.policy(obs)
 
     def reset_envs(self, seed: int) -> None:
         self.env.reset(seed=seed)
 
     def architecture(self) -> dict:
-        return {"algo": "seed", "obs_size": self.policy.w.in_features,
+        return {"algo": self.name, "obs_size": self.policy.w.in_features,
                 "num_actions": self.policy.w.out_features}
 
     def state_dict(self) -> dict:
@@ -115,3 +135,6 @@ class NotebookReinforce:
         self.updates = int(state["updates"])
         self._episode_returns = [float(r) for r in state["episode_returns"]]
         torch.set_rng_state(state["torch_rng"])
+
+    def close(self) -> None:
+        self.env.close()
