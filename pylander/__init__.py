@@ -40,7 +40,8 @@ if torch.__version__ != _build_info.TORCH_VERSION:
         "`pip install --no-build-isolation --force-reinstall --no-deps .`"
     )
 
-from pylander import _C  # noqa: E402  (loads the TORCH_LIBRARY registrations)
+# After the version check: a mismatched module would crash instead of failing clearly.
+from pylander import _C  # noqa: E402, I001  (loads the TORCH_LIBRARY registrations)
 from pylander import ops  # noqa: E402  (fake kernels and autograd formulas)
 
 __version__ = "0.1.0"

@@ -9,10 +9,11 @@ given, so that Python and the command line train the same thing.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
+
+import tomllib
 
 from pylander.algorithms import ALIASES as ALGO_ALIASES
 from pylander.algorithms import REGISTRY as ALGORITHMS
@@ -70,13 +71,20 @@ class TrainConfig:
     epochs: int = setting(4, "passes over each rollout (more than 1 reuses slightly stale data)")
     minibatches: int = setting(4, "Adam steps per pass, each on a disjoint slice of the rollout")
     target_kl: float = setting(0.01, "end an update early once KL(old || new policy) exceeds this (0: never)")
+    normalize_obs: bool = setting(False, "standardise observations with running statistics "
+                                  "(kept in checkpoints, applied by evaluation and export)")
     hidden_sizes: list[int] = setting([64, 64], "hidden layer widths of the actor and the critic")
 
     # --- notebook mode ---------------------------------------------------------------------
     alpha: float = setting(0.01, "the notebook's gradient scale (algo=notebook only)", per_algorithm=True)
 
     # --- evaluation, logging, checkpoints ---------------------------------------------------
-    eval_episodes: int = setting(100, "evaluation episodes at the end of training")
+    eval_episodes: int = setting(100, "fresh evaluation episodes that score the run's best policy "
+                                 "at the end (and confirm a solve)")
+    eval_interval: int = setting(100_000, "env steps between periodic greedy evaluations, which "
+                                 "choose best.pt (0: none; best.pt follows the training mean)")
+    eval_interval_episodes: int = setting(20, "episodes per periodic evaluation (the same ones "
+                                          "each time, none of them the final evaluation's)")
     eval_stochastic: bool = setting(False, "evaluate by sampling actions instead of argmax")
     log_interval: int = setting(10, "print a log line every this many updates")
     checkpoint_interval: int = setting(50, "save checkpoint.pt every this many updates")
@@ -95,10 +103,13 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first setting that is out of range."""
         positive = ["total_steps", "torch_threads", "epochs", "num_envs", "num_steps", "minibatches", "eval_episodes",
-                    "log_interval", "checkpoint_interval"]
+                    "eval_interval_episodes", "log_interval", "checkpoint_interval"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.eval_interval < 0:
+            raise ValueError(f"eval_interval must be >= 0 (0: no periodic evaluation), got "
+                             f"{self.eval_interval}")
         for name in ["gamma", "gae_lambda"]:
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):
@@ -129,7 +140,7 @@ class TrainConfig:
         return "\n".join(lines) + "\n"
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -146,7 +157,7 @@ class TrainConfig:
         return cls(**cleaned)
 
     @classmethod
-    def load(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+    def load(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """The config in a TOML file, with ``overrides`` on top."""
         try:
             with open(path, "rb") as fh:

@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 T = TypeVar("T")
 
+CPU = torch.device("cpu")
 DEFAULT_TIMEOUT_S = 300.0
 TIMEOUT_ENV = "PYLANDER_DIST_TIMEOUT"
 _timeout_s = DEFAULT_TIMEOUT_S
@@ -38,7 +39,7 @@ class DistributedError(RuntimeError):
 
 
 class Collective:
-    def __init__(self, device: torch.device = torch.device("cpu")):
+    def __init__(self, device: torch.device = CPU):
         self.active = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.active else 0
         self.world_size = dist.get_world_size() if self.active else 1

@@ -23,6 +23,7 @@ from pylander.checkpoint import CheckpointError, load_checkpoint
 from pylander.envs import check_spaces, make_vector_env, resolve_env_id
 
 LogitsFn = Callable[[Tensor], Tensor]
+CPU = torch.device("cpu")
 EVAL_SEED_OFFSET = 1_000_003
 """Evaluation seeds are ``seed + EVAL_SEED_OFFSET``, so they never repeat training's."""
 
@@ -30,7 +31,7 @@ EVAL_SEED_OFFSET = 1_000_003
 @torch.no_grad()
 def evaluate(logits_fn: LogitsFn, env_id: str, episodes: int, seed: int, *,
              stochastic: bool = False, num_envs: int = 16,
-             device: torch.device = torch.device("cpu")) -> np.ndarray:
+             device: torch.device = CPU) -> np.ndarray:
     """Play ``episodes`` episodes; greedy (argmax) actions unless ``stochastic``. Returns returns."""
     num_envs = max(1, min(num_envs, episodes))
     quota = np.full(num_envs, episodes // num_envs)

@@ -51,7 +51,8 @@ class MetricsCSV:
                 writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, self.path)
-        self._file = open(self.path, "a", newline="")
+        # Open for the whole run, so that each row is one flushed append.
+        self._file = open(self.path, "a", newline="")  # noqa: SIM115
         self._writer = csv.DictWriter(self._file, self.columns, restval="")
 
     def close(self) -> None:

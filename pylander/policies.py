@@ -29,34 +29,66 @@ def mlp(sizes: list[int], out_gain: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class ObsNormalizer(nn.Module):
+    """Standardises observations with a running mean and variance over everything seen so far,
+    clipped to +-``clip``. Its statistics are buffers, so checkpoints, evaluation and export all
+    apply the same transform the policy was trained with."""
+
+    def __init__(self, obs_size: int, clip: float = 10.0):
+        super().__init__()
+        self.clip = clip
+        self.register_buffer("mean", torch.zeros(obs_size, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(obs_size, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        scale = torch.rsqrt(self.var + 1e-8).to(obs.dtype)
+        return ((obs - self.mean.to(obs.dtype)) * scale).clamp(-self.clip, self.clip)
+
+    @torch.no_grad()
+    def merge(self, count: float, mean: Tensor, var: Tensor) -> None:
+        """Fold in the statistics of a new batch (Chan et al.'s parallel update)."""
+        total = self.count + count
+        delta = mean - self.mean
+        self.var.copy_((self.var * self.count + var * count
+                        + delta.pow(2) * self.count * count / total) / total)
+        self.mean.add_(delta * count / total)
+        self.count.copy_(total)
+
+
 class ActorCritic(nn.Module):
     """Separate actor and critic MLPs (sharing a trunk made LunarLander less stable).
 
     The critic is built only for ``baseline="value"``.
     """
 
-    def __init__(self, obs_size: int, num_actions: int, hidden_sizes: list[int], critic: bool):
+    def __init__(self, obs_size: int, num_actions: int, hidden_sizes: list[int], critic: bool,
+                 normalize_obs: bool = False):
         super().__init__()
         self.obs_size, self.num_actions = obs_size, num_actions
         self.hidden_sizes = list(hidden_sizes)
         self.actor = mlp([obs_size, *hidden_sizes, num_actions], out_gain=0.01)
         self.critic = mlp([obs_size, *hidden_sizes, 1], out_gain=1.0) if critic else None
+        self.normalizer = ObsNormalizer(obs_size) if normalize_obs else None
+
+    def _inputs(self, obs: Tensor) -> Tensor:
+        return obs if self.normalizer is None else self.normalizer(obs)
 
     def logits(self, obs: Tensor) -> Tensor:
-        return self.actor(obs)
+        return self.actor(self._inputs(obs))
 
     forward = logits  # policy(obs) gives the logits, as every algorithm's policy does
 
     def value(self, obs: Tensor) -> Tensor:
         if self.critic is None:
             raise RuntimeError("this policy was built without a critic (baseline != 'value')")
-        return self.critic(obs).squeeze(-1)
+        return self.critic(self._inputs(obs)).squeeze(-1)
 
     @torch.inference_mode()
     def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Sample actions with the native sampler (called once per env step)."""
         # The same ops as self.actor(obs), without nn.Module call overhead: ~40% of the call.
-        x = obs
+        x = self._inputs(obs)
         for layer in self.actor:
             x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else torch.tanh(x)
         actions, _ = ops.sample_categorical(x, generator)
@@ -69,4 +101,6 @@ class ActorCritic(nn.Module):
             "num_actions": self.num_actions,
             "hidden_sizes": self.hidden_sizes,
             "critic": self.critic is not None,
+            # Only when on, so that checkpoints from before the option still match.
+            **({"normalize_obs": True} if self.normalizer is not None else {}),
         }

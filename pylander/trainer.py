@@ -3,7 +3,8 @@ calls the hooks (:mod:`pylander.hooks`: checkpoints, stopping, metrics, progress
 update. The learning itself is in :mod:`pylander.algorithms`.
 
 Run directory (``config.resolved_out()``): ``config.toml``, ``metrics.csv``, TensorBoard events,
-``checkpoint.pt`` (latest), ``best.pt`` (best mean of the last 100 training episodes),
+``checkpoint.pt`` (latest), ``best.pt`` (the best policy: by periodic evaluation, else by the mean
+of the last 100 training episodes),
 ``learning_curve.png`` and ``summary.json``.
 
 Resuming is exact: at every checkpoint all envs start fresh episodes from a seed derived from
@@ -18,6 +19,7 @@ stopped.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -25,15 +27,19 @@ import signal
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from pylander.algorithms import Algorithm, Iteration, NonFiniteError, get_algorithm
-from pylander.checkpoint import (CheckpointError, atomic_write, load_checkpoint,
-                                 remove_stale_temporaries, save_checkpoint)
+from pylander.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from pylander.config import TrainConfig
 from pylander.distributed import Collective
 from pylander.envs import resolve_env_id, reward_threshold
@@ -79,13 +85,18 @@ class Run:
         self.out = config.resolved_out()
         self.threshold = reward_threshold(config.env_id)
         self.counters: dict[str, Any] = {"update": 0, "steps": 0, "episodes": 0, "seconds": 0.0,
-                                         "best_mean": -math.inf, "next_eval_steps": 0}
+                                         "best_mean": -math.inf, "best_eval": -math.inf,
+                                         "next_eval_steps": 0}
         self.recent: deque[float] = deque(maxlen=100)
         """Returns of the last 100 finished training episodes (all ranks)."""
         self.recent_lengths: deque[int] = deque(maxlen=100)
         self.console = Console(quiet=config.quiet, enabled=comm.is_main)
+        self.best_policy: dict[str, torch.Tensor] | None = None
+        """The parameters saved in ``best.pt`` (the policy the run returns), once there is one."""
         self.eval_returns: np.ndarray | None = None
-        """The evaluation that is the run's result, once there is one."""
+        """The evaluation of the best policy on fresh episodes: the run's result, once known."""
+        self.last_eval_returns: np.ndarray | None = None
+        """The final policy's score on the same episodes."""
         self.stop_reason = "budget"
         self.summary: dict | None = None
 
@@ -100,7 +111,14 @@ class Run:
                             algorithm=self.algorithm.state_dict(), config=vars(self.config),
                             trainer={"counters": dict(self.counters),
                                      "recent_returns": list(self.recent),
-                                     "recent_lengths": list(self.recent_lengths)})
+                                     "recent_lengths": list(self.recent_lengths),
+                                     "best_policy": self.best_policy})
+
+    def save_best(self) -> None:
+        """Make the current policy the run's best: ``best.pt``, and what the run returns."""
+        self.best_policy = {k: v.detach().clone()
+                            for k, v in self.algorithm.policy.state_dict().items()}
+        self.save("best.pt")
 
     def load(self) -> None:
         """Restore the run from its ``checkpoint.pt`` (read by rank 0, sent to the others)."""
@@ -114,6 +132,7 @@ class Run:
             self.counters.update(payload["trainer"]["counters"])
             self.recent.extend(float(r) for r in payload["trainer"]["recent_returns"])
             self.recent_lengths.extend(int(n) for n in payload["trainer"].get("recent_lengths", []))
+            self.best_policy = payload["trainer"].get("best_policy")
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{path} does not fit this run ({type(exc).__name__}: "
                                   f"{str(exc).strip()[:300]})") from None
@@ -123,13 +142,29 @@ class Run:
         self.algorithm.reset_envs(env_seed(self.config.seed, self.counters["update"],
                                            self.comm.rank))
 
-    def evaluate(self, episodes: int | None = None) -> np.ndarray:
-        """Evaluate the current policy on rank 0 (every rank gets the returns)."""
+    def evaluate(self, episodes: int | None = None, *, seed: int | None = None,
+                 num_envs: int = 16, policy: torch.nn.Module | None = None) -> np.ndarray:
+        """Evaluate ``policy`` (the current one by default) on rank 0; every rank gets the returns.
+
+        By default: ``eval_episodes`` episodes of the run's final-evaluation seed."""
         cfg = self.config
         return self.comm.on_main(
-            lambda: evaluate(self.algorithm.policy, cfg.env_id, episodes or cfg.eval_episodes,
-                             cfg.seed, stochastic=cfg.eval_stochastic, device=self.device),
+            lambda: evaluate(policy or self.algorithm.policy, cfg.env_id,
+                             episodes or cfg.eval_episodes, cfg.seed if seed is None else seed,
+                             stochastic=cfg.eval_stochastic, num_envs=num_envs,
+                             device=self.device),
             "rank 0 to evaluate")
+
+    def evaluate_result(self) -> None:
+        """Score the best policy, and the final one, on the fresh final-evaluation episodes."""
+        if self.best_policy is None:  # nothing chose one (a short run): the final policy
+            self.save_best()
+        best = copy.deepcopy(self.algorithm.policy)
+        best.load_state_dict(self.best_policy)
+        self.eval_returns = self.evaluate(policy=best)
+        final = self.algorithm.policy.state_dict()
+        same = all(torch.equal(final[k], v) for k, v in self.best_policy.items())
+        self.last_eval_returns = self.eval_returns if same else self.evaluate()
 
     def record(self, iteration: Iteration, started: float) -> UpdateInfo:
         """Count an update (over all ranks) and make its row of metrics."""
@@ -189,7 +224,7 @@ def train(config: TrainConfig, *, resume: bool = False,
         run.save("checkpoint.pt")
         if run.eval_returns is None:
             with _SignalFlag(immediate=True):  # the checkpoint is saved; nothing to finish
-                run.eval_returns = run.evaluate()
+                run.evaluate_result()
     except TrainingInterrupted as stop:  # checkpoint.pt is saved already
         run.stop_reason = "interrupted"
         _finish(run, hooks)
@@ -312,10 +347,16 @@ def _summary(run: Run) -> dict:
         "eval_std_return": float(returns.std()) if evaluated else None,
         "eval_episodes": int(returns.size) if evaluated else 0,
         "eval_greedy": not config.eval_stochastic,
+        "last_eval_mean_return": _mean(run.last_eval_returns) if evaluated else None,
+        "best_periodic_eval": counters["best_eval"] if math.isfinite(counters["best_eval"]) else None,
         "reward_threshold": threshold,
         "solved": bool(evaluated and threshold is not None and returns.mean() >= threshold),
         "stop_reason": run.stop_reason,
     }
+
+
+def _mean(returns: np.ndarray | None) -> float | None:
+    return float(returns.mean()) if returns is not None else None
 
 
 def _finish(run: Run, hooks: list[Callback]) -> dict:

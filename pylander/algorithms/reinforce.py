@@ -39,7 +39,8 @@ class Reinforce:
         self.config, self.device, self.envs = config, device, envs
         self.comm = comm or Collective(device)
         self.policy = ActorCritic(obs_size, num_actions, config.hidden_sizes,
-                                  critic=config.baseline == "value").to(device)
+                                  critic=config.baseline == "value",
+                                  normalize_obs=config.normalize_obs).to(device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=1e-5)
         # Sampling and minibatch shuffling draw from their own seeded generators, so a run is
         # reproducible and a checkpoint can restore them exactly. Sampling differs per rank (and
@@ -65,7 +66,8 @@ class Reinforce:
     @staticmethod
     def policy_from_state(architecture: dict, state: dict) -> nn.Module:
         policy = ActorCritic(architecture["obs_size"], architecture["num_actions"],
-                             architecture["hidden_sizes"], architecture["critic"])
+                             architecture["hidden_sizes"], architecture["critic"],
+                             architecture.get("normalize_obs", False))
         policy.load_state_dict(state["policy"])
         return policy
 
@@ -77,6 +79,8 @@ class Reinforce:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.config.learning_rate * max(1.0 - progress, 0.0)
         rollout = self.collector.collect()
+        if self.policy.normalizer is not None:
+            self.update_obs_statistics(rollout.obs[:-1])
         metrics = self.update(rollout)
         self.updates += 1
         return Iteration(rollout.num_steps, self.collector.pop_finished(), metrics)
@@ -177,6 +181,15 @@ class Reinforce:
             metrics["value_loss"] = value_loss
             metrics["explained_variance"] = self._explained_variance(values[index], returns[index])
         return metrics
+
+    def update_obs_statistics(self, obs: Tensor) -> None:
+        """Fold this rollout's observations (all ranks') into the running normalisation."""
+        flat = obs.reshape(-1, obs.shape[-1]).double()
+        count = torch.tensor([float(flat.shape[0])], dtype=torch.float64, device=flat.device)
+        total = self.comm.sum(torch.cat([count, flat.sum(0), flat.pow(2).sum(0)]))
+        n, sums, squares = total[0], total[1:1 + flat.shape[1]], total[1 + flat.shape[1]:]
+        mean = sums / n
+        self.policy.normalizer.merge(float(n), mean, (squares / n - mean.pow(2)).clamp_min(0.0))
 
     def _kl(self, old_log_probs: Tensor, logits: Tensor, global_size: float) -> float:
         """Mean KL(old policy || current policy) over a minibatch, across all ranks."""

@@ -78,10 +78,17 @@ def default_hooks(config: Any, threshold: float | None) -> tuple[list[Callback],
     """The trainer's own hooks, as (before the user's hooks, after them): the metrics writer and
     the console come last, so that a row holds what every other hook recorded."""
     from pylander.hooks.checkpoints import BestTrainingMean, PeriodicCheckpoint
+    from pylander.hooks.evaluation import PeriodicEvaluation
     from pylander.hooks.metrics import ConsoleProgress, MetricsWriter
     from pylander.hooks.stopping import StopWhenSolved
 
-    first: list[Callback] = [BestTrainingMean(), PeriodicCheckpoint(config.checkpoint_interval)]
+    if config.eval_interval:
+        first: list[Callback] = [PeriodicEvaluation(config.eval_interval,
+                                                    config.eval_interval_episodes)]
+    else:
+        first = [BestTrainingMean()]
+    first.append(PeriodicCheckpoint(config.checkpoint_interval))
     if config.stop_when_solved and threshold is not None:
-        first.append(StopWhenSolved(threshold))
+        key = "eval_mean_return" if config.eval_interval else "mean_return"
+        first.append(StopWhenSolved(threshold, key))
     return first, [MetricsWriter(), ConsoleProgress(config.log_interval)]

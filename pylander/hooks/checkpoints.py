@@ -1,14 +1,9 @@
-"""Checkpoint hooks: ``checkpoint.pt`` every few updates, ``best.pt`` at the best training mean."""
+"""Checkpoint hooks: ``checkpoint.pt`` every few updates, ``best.pt`` at the best training mean
+(see :mod:`pylander.hooks.evaluation` for ``best.pt`` chosen by evaluation)."""
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING
-
 from pylander.hooks import Callback, UpdateInfo
-
-if TYPE_CHECKING:
-    from pylander.trainer import Run
 
 
 class PeriodicCheckpoint(Callback):
@@ -32,18 +27,12 @@ class PeriodicCheckpoint(Callback):
 
 
 class BestTrainingMean(Callback):
-    """Save ``best.pt`` whenever the mean of the last 100 training episodes is the best yet.
-
-    A run that never finishes 100 episodes keeps its final policy as ``best.pt``.
-    """
+    """Save ``best.pt`` whenever the mean of the last 100 training episodes is the best yet (the
+    choice of best policy when there is no periodic evaluation)."""
 
     def on_update(self, info: UpdateInfo) -> None:
         run = info.run
         recent, counters = run.recent, run.counters
         if len(recent) == recent.maxlen and info.metrics["mean_return"] > counters["best_mean"]:
             counters["best_mean"] = info.metrics["mean_return"]
-            run.save("best.pt")
-
-    def on_end(self, run: Run) -> None:
-        if run.stop_reason != "interrupted" and run.counters["best_mean"] == -math.inf:
-            run.save("best.pt")
+            run.save_best()
