@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine with a GPU and a CUDA torch already installed (no network needed):
-# build pylander against that torch, benchmark the ops on the GPU, run tests/test_cuda.py, then
-# time the trainer with its policy on the GPU and on the CPU. FULL=1 adds the CPU op and training
-# tests against the CUDA build. Run from the repo root. Logs go to $OUT (default
+# build pylander against that torch, benchmark the ops on the GPU, run the CUDA tests (the op
+# suite's CUDA params, `-k cuda`, and tests/test_cuda_training.py), then time the trainer with its
+# policy on the GPU and on the CPU. FULL=1 adds the CPU op and training tests against the CUDA
+# build. Run from the repo root. Logs go to $OUT (default
 # /tmp/pylander-gpu-logs), eight files at most; summary.txt is the short version. Pure-Python
 # packages the machine lacks (gymnasium, Box2D, pygame) can be brought as wheels in .whl/.
 set -u
@@ -41,9 +42,10 @@ BENCH="$PY -m pylander.bench"
 step "bench: ops on the GPU"
 timeout 120 $BENCH --device cuda --only ops --json "$OUT/bench_ops_cuda.json" > "$OUT/bench.log" 2>&1
 step "bench ops rc=$?"
-step "tests/test_cuda.py"
+step "CUDA tests (pytest -k cuda)"
 PT="$PY -m pytest -p no:cacheprovider --rootdir=$REPO -rs --tb=short"
-timeout 300 $PT -q "$REPO/tests/test_cuda.py" > "$OUT/test_cuda.log" 2>&1
+T="$REPO/tests"; OP_TESTS=("$T/test_ops.py" "$T/test_ops_sampling.py" "$T/test_ops_errors.py")
+timeout 300 $PT -q -k cuda "${OP_TESTS[@]}" "$T/test_cuda_training.py" > "$OUT/test_cuda.log" 2>&1
 step "test_cuda rc=$? ($(tail -n 1 "$OUT/test_cuda.log"))"
 grep -E "^(FAILED|ERROR)" "$OUT/test_cuda.log" | head -n 20 >> "$S"
 UPDATES=${TRAINER_UPDATES:-40}
@@ -56,7 +58,7 @@ done
 grep -E "^trainer|^  \[" "$OUT/bench.log" >> "$S"
 if [ "${FULL:-0}" = 1 ]; then
   step "CPU op and training tests against the CUDA build"
-  timeout 600 $PT -q -n "$(nproc)" "$REPO/tests/test_ops.py" "$REPO/tests/test_train.py" \
+  timeout 600 $PT -q -n "$(nproc)" -k "not cuda" "${OP_TESTS[@]}" "$REPO/tests/test_train.py" \
     "$REPO/tests/test_rollout.py" "$REPO/tests/test_seed_parity.py" > "$OUT/test_more.log" 2>&1
   step "more tests rc=$? ($(tail -n 1 "$OUT/test_more.log"))"
 fi

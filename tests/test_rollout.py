@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from pylander import reference
 from pylander.algorithms.reinforce import Reinforce
 from pylander.config import TrainConfig
 
@@ -57,25 +56,31 @@ def test_autoreset_step_is_masked_and_episodes_are_counted():
     assert torch.equal(mask, rollout.valid)
 
 
-@pytest.mark.parametrize("truncate", [False, True])
-def test_truncated_tails_bootstrap_from_the_critic(truncate, monkeypatch):
-    algo = make_algo(length=3, truncate=truncate, num_steps=7)
-    value = lambda obs: 10.0 * obs[..., 0] + 5.0  # noqa: E731  (a known critic)
-    monkeypatch.setattr(algo.policy, "value", value)
-    rollout = algo.collector.collect()
-    advantages, returns, _ = algo.advantages(rollout)
+# Under the critic V(obs) = 10 * obs[0] + 5, one Countdown(3) episode sees obs 0, 1, 2
+# (V = 5, 15, 25), earns 1 per step and ends with final observation 3 (V = 35). Hand-computed
+# GAE (gamma 0.9, lambda 0.8, so gamma * lambda = 0.72):
+#   TD errors   1 + 0.9 * 15 - 5 = 9.5,   1 + 0.9 * 25 - 15 = 8.5,   and at the last step
+#               truncated:  1 + 0.9 * V(final obs) - 25 = 1 + 31.5 - 25 = 7.5
+#               terminated: 1 - 25 = -24 (the same would come from a truncation not bootstrapped)
+#   advantages  A2 = delta2,  A1 = 8.5 + 0.72 * A2,  A0 = 9.5 + 0.72 * A1
+EPISODE_ADVANTAGES = {"truncated": [19.508, 13.9, 7.5], "terminated": [3.1784, -8.78, -24.0]}
 
-    values = value(rollout.obs)  # [T + 1, N]
-    rewards = rollout.rewards.clone()
-    if truncate:  # steps 2 and 6 truncate: each tail is worth gamma * V(its final observation)
-        rewards[2] += 0.9 * values[3]
-        rewards[6] += 0.9 * values[7]  # the rollout's last step: final obs is obs[T]
-    dones = rollout.terminated | rollout.truncated | ~rollout.valid
-    want = reference.gae(rewards, values[:7], dones, values[7], 0.9, 0.8)
-    torch.testing.assert_close(advantages, want)
-    torch.testing.assert_close(returns, want + values[:7])
-    # Terminal vs truncated differ exactly by the bootstrap at the last step of the episode.
-    assert (rollout.truncated.any().item()) == truncate
+
+@pytest.mark.parametrize("end", ["truncated", "terminated"])
+def test_truncated_tails_bootstrap_from_the_critic(end, monkeypatch):
+    algo = make_algo(length=3, truncate=end == "truncated", num_steps=7)
+    monkeypatch.setattr(algo.policy, "value", lambda obs: 10.0 * obs[..., 0] + 5.0)
+    rollout = algo.collector.collect()
+    advantages, returns, mask = algo.advantages(rollout)
+    # Steps 0-2 and 4-6 are two episodes, ending at steps 2 and 6 (the rollout's last step, whose
+    # final observation is obs[T]); step 3 is the autoreset and is left out of the loss.
+    assert getattr(rollout, end)[[2, 6]].all()
+    assert rollout.truncated.any().item() == (end == "truncated")
+    assert mask[:, 0].tolist() == [True, True, True, False, True, True, True]
+    want = torch.tensor(EPISODE_ADVANTAGES[end] * 2)[:, None].expand(6, 2)
+    torch.testing.assert_close(advantages[mask].view(6, 2), want)
+    values = torch.tensor([5.0, 15.0, 25.0] * 2)[:, None]
+    torch.testing.assert_close(returns[mask].view(6, 2), want + values)
 
 
 def test_returns_without_critic_drop_unfinished_tails():
