@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from pylander import bench, ops
+from pylander.bench import distributed, report, runner, timing
+from pylander.bench import ops as op_bench
+from pylander.bench.trainer import Interleave
 
 TINY = dict(repeats=2, sample_seconds=1e-5, warmup_calls=1, returns_sizes=[(8, 3)],
-            batch_sizes=[5], trainer_updates=4, seed_steps=400, profile_updates=1,
-            trainer_overrides={"num_envs": 2, "num_steps": 8})
+            batch_sizes=[5], trainer_updates=4, notebook_steps=400, profile_updates=1,
+            trainer_overrides={"num_envs": 2, "num_steps": 8, "epochs": 1, "minibatches": 2})
 
 
 def tiny_settings(**changes) -> bench.Settings:
@@ -28,32 +31,61 @@ def test_baselines_compute_what_the_native_ops_do():
     rewards = torch.randn(300, 5, generator=g)
     dones = torch.rand(300, 5, generator=g) < 0.05
     want = ops.discounted_returns(rewards, dones, 0.99)
-    for fn in (bench.returns_notebook_loop, bench.returns_torch_cumsum,
-               bench.returns_torch_doubling):
+    for fn in (op_bench.returns_notebook_loop, op_bench.returns_torch_cumsum,
+               op_bench.returns_torch_doubling):
         torch.testing.assert_close(fn(rewards, dones, 0.99), want, rtol=1e-4, atol=1e-4)
     logits = torch.randn(7, 4, generator=g).requires_grad_()
     actions = torch.randint(0, 4, (7,), generator=g)
     weights = torch.randn(7, generator=g)
     for entropy in (True, False):
-        torch.testing.assert_close(bench.pg_native(logits, actions, weights, entropy),
-                                   bench.pg_autograd(logits, actions, weights, entropy))
+        torch.testing.assert_close(op_bench.pg_native(logits, actions, weights, entropy),
+                                   op_bench.pg_autograd(logits, actions, weights, entropy))
 
 
-def test_interleaved_times_every_candidate_in_every_repeat():
+def test_interleaved_rounds_take_turns_starting_at_each_candidate():
     calls = []
-    samples = bench.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                repeats=3, sample_seconds=0.0, warmup_calls=1)
-    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
-    assert all(t >= 0 for v in samples.values() for t in v)
-    assert bench.speedup([2.0, 4.0, 6.0, 100.0], [1.0, 1.0, 2.0, 1.0]) == 5.0 / 1.0
+    candidates = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    samples = timing.interleaved(candidates, repeats=3, sample_seconds=0.0, warmup_calls=2)
+    assert all(len(v) >= 3 and all(t > 0 for t in v) for v in samples.values())
+    runs = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]
+    # warm-up, then one turn each per round, the round starting one candidate later each time
+    assert runs == list("abc" "abc" "bca" "cab")
+    assert timing.speedup([2.0, 4.0, 6.0, 100.0], [1.0, 1.0, 2.0, 1.0]) == 5.0 / 1.0
 
 
-def test_interleaved_synchronises_before_every_clock_reading():
-    events = []
-    bench.interleaved({"a": lambda: events.append("call")}, repeats=2, sample_seconds=0.0,
-                      warmup_calls=1, sync=lambda: events.append("sync"))
-    # warm-up call, sync, timed call, sync (loop count), then one call + sync per repeat
-    assert events == ["call", "sync", "call", "sync"] + ["call", "sync"] * 2
+def test_interleaved_times_with_the_threads_torch_uses():
+    threads = torch.get_num_threads()
+    seen = []
+    try:
+        torch.set_num_threads(2)
+        timing.interleaved({"a": lambda: seen.append(torch.get_num_threads())}, repeats=1,
+                           sample_seconds=0.0, warmup_calls=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert seen and set(seen) == {2}  # torch's Timer alone would time with one thread
+
+
+def test_targets_are_met_at_their_goal_and_missed_just_below():
+    results = {"ops": {"discounted_returns": {"T1000_N64": {"speedup_vs_torch": 3.01}},
+                       "sample_categorical": {"B64_A4": {"speedup_vs_categorical": 1.99}},
+                       "pg_loss": {"B1024_A4": {"speedup_vs_autograd": 1.5}}},
+               "trainer": {"ratio_to_env": 0.849}}
+    verdicts = {name: (t["value"], t["met"]) for name, t in report.check_targets(results).items()}
+    assert verdicts == {"discounted_returns[T=1000,N=64] vs best pure PyTorch": (3.01, True),
+                        "sample_categorical[B=64,A=4] vs Categorical": (1.99, False),
+                        "pg_loss fwd+bwd[B=1024,A=4] vs autograd": (1.5, True),
+                        "trainer vs env-only stepping": (0.849, False)}
+    del results["trainer"]  # a section that did not run has no verdict, not a made-up one
+    assert "trainer vs env-only stepping" not in report.check_targets(results)
+    results["trainer"] = {"ratio_to_env": 0.86}
+    assert report.check_targets(results)["trainer vs env-only stepping"]["met"] is True
+
+
+def test_section_names_accept_the_old_seed_name():
+    assert runner.section_names(["profile", "seed", "ops", "notebook"]) == (
+        "ops", "notebook", "profile")
+    with pytest.raises(ValueError, match="unknown section 'nope'"):
+        runner.section_names(["nope"])
 
 
 def test_gpu_settings_add_large_sizes_and_move_the_trainer():
@@ -68,7 +100,8 @@ def test_gpu_settings_add_large_sizes_and_move_the_trainer():
 def test_gpu_runs_report_no_cpu_targets(monkeypatch):
     entry = {"native_us": 1.0, "autograd_us": 1.0, "autograd_loss_only_us": 1.0,
              "speedup_vs_autograd": 1.0, "speedup_vs_autograd_loss_only": 1.0}
-    monkeypatch.setattr(bench, "bench_ops", lambda settings, log: {"pg_loss": {"B1024_A4": entry}})
+    fake_ops = runner.Section("ops ...", lambda *a: {"ops": {"pg_loss": {"B1024_A4": entry}}})
+    monkeypatch.setitem(runner.SECTIONS, "ops", fake_ops)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
     results = bench.run_benchmarks(tiny_settings(device="cuda"), ("ops",), log=lambda m: None)
     assert results["targets"] == {} and results["meta"]["gpu"] == "Fake GPU"
@@ -77,16 +110,23 @@ def test_gpu_runs_report_no_cpu_targets(monkeypatch):
     assert cpu["targets"]["pg_loss fwd+bwd[B=1024,A=4] vs autograd"]["met"] is False
 
 
-def test_cli_trainer_updates(monkeypatch, capsys):
+def test_cli_options_reach_the_settings(monkeypatch, capsys):
     seen = {}
-    monkeypatch.setattr(bench, "run_benchmarks", lambda settings, sections, log: seen.update(
-        updates=settings.trainer_updates) or {})
-    monkeypatch.setattr(bench, "format_report", lambda results: "")
-    assert bench.main(["--only", "trainer", "--trainer-updates", "7"]) == 0
-    assert seen["updates"] == 7
+
+    def fake_run(settings, sections, log):
+        seen.update(updates=settings.trainer_updates, sections=sections)
+        return {}
+
+    monkeypatch.setattr(runner, "run_benchmarks", fake_run)
+    monkeypatch.setattr(runner, "format_report", lambda results: "")
+    assert bench.main(["--only", "seed", "trainer", "--trainer-updates", "7", "--profile"]) == 0
+    assert seen == {"updates": 7, "sections": ("trainer", "notebook", "profile")}
     with pytest.raises(SystemExit):
         bench.main(["--only", "trainer", "--trainer-updates", "2"])
     assert "at least 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--threads", "0"])
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_cli_refuses_cuda_without_a_gpu(monkeypatch, capsys):
@@ -97,8 +137,27 @@ def test_cli_refuses_cuda_without_a_gpu(monkeypatch, capsys):
     assert "--device cuda: torch sees no CUDA device" in capsys.readouterr().err
 
 
-def test_ops_and_trainer_sections_give_the_documented_keys(tmp_path):
-    results = bench.run_benchmarks(tiny_settings(), ("ops", "trainer", "seed"), log=lambda m: None)
+class FakeRun:
+    class config:
+        total_steps = 30
+
+
+class FakeInfo:
+    def __init__(self, steps):
+        self.steps, self.run = steps, FakeRun
+
+
+def test_interleave_hook_pairs_each_baseline_block_with_the_next_update():
+    hook = Interleave(baseline=lambda: 5)
+    for steps in (10, 20, 30):  # the last update (30 of 30 steps) runs no block
+        hook.on_update(FakeInfo(steps))
+    assert [(t.baseline_steps, t.trainer_steps) for t in hook.turns] == [(5, 10), (5, 10)]
+    assert all(t.baseline_s >= 0 and t.trainer_s >= 0 for t in hook.turns)
+
+
+def test_ops_trainer_and_notebook_sections_give_the_documented_keys():
+    results = bench.run_benchmarks(tiny_settings(), ("ops", "trainer", "notebook"),
+                                   log=lambda m: None)
     expected = {"discounted_returns": ("T8_N3", ["python", "torch"]),
                 "sample_categorical": ("B5_A4", ["categorical", "multinomial"]),
                 "pg_loss": ("B5_A4", ["autograd", "autograd_loss_only"])}
@@ -110,21 +169,26 @@ def test_ops_and_trainer_sections_give_the_documented_keys(tmp_path):
     assert results["ops"]["discounted_returns"]["T8_N3"]["torch_variant"] in (
         "torch_cumsum", "torch_doubling")
     for key in ("trainer.steps_per_s", "env_only.steps_per_s", "trainer.ratio_to_env",
-                "seed_notebook.steps_per_s", "seed_algo.steps_per_s"):
+                "seed_notebook.steps_per_s", "seed_algo.steps_per_s",
+                "seed_algo.ratio_to_notebook"):
         assert_positive_ratio(bench.lookup(results, key))
-    target = results["targets"]["trainer vs env-only stepping"]
-    assert target["goal"] == 0.85 and target["met"] == (target["value"] >= 0.85)
+    # 4 updates: 3 baseline blocks each followed by an update, the first left out as warm-up
+    assert results["trainer"]["updates"] == 2
+    assert results["targets"]["trainer vs env-only stepping"]["value"] == (
+        results["trainer"]["ratio_to_env"])
     # Sizes the tiny run skipped have no target entry rather than a made-up one.
     assert not any(name.startswith("pg_loss") for name in results["targets"])
-    report = bench.format_report(results)
-    assert "discounted_returns" in report and "trainer (default config, policy on cpu:" in report
+    text = bench.format_report(results)
+    assert "discounted_returns" in text and "trainer (default config, policy on cpu:" in text
+    assert "--algo notebook:" in text
     json.dumps(results)  # plain data throughout
 
 
-def test_profile_section_accounts_for_the_update(tmp_path):
+def test_profile_section_accounts_for_the_update():
     results = bench.run_benchmarks(tiny_settings(), ("profile",), log=lambda m: None)
     profile = results["profile"]
     assert set(profile["fractions"]) == {"env_step", "policy_act", "rollout_glue", "update"}
+    assert all(v > 0 for v in profile["ms_per_update"].values()), profile["ms_per_update"]
     assert math.isclose(sum(profile["fractions"].values()), 1.0, rel_tol=1e-9)
     assert profile["cprofile_top"] and profile["torch_profiler_top"]
     assert "profile of Reinforce.iterate" in bench.format_report(results)
@@ -132,18 +196,20 @@ def test_profile_section_accounts_for_the_update(tmp_path):
 
 def test_distributed_section_reports_rates_or_the_failure(tmp_path, monkeypatch):
     rates = {1: 100.0, 2: 150.0}
-    monkeypatch.setattr(bench, "_train_subprocess", lambda procs, *a: rates[procs])
-    result = bench.bench_distributed(tiny_settings(dist_rounds=2), tmp_path, log=lambda m: None)
+    monkeypatch.setattr(distributed, "train_subprocess", lambda procs, *a: rates[procs])
+    result = distributed.bench_distributed(tiny_settings(dist_rounds=2), tmp_path,
+                                           log=lambda m: None)
     assert result["distributed"]["ratio_2_to_1"] == 1.5
     assert result["distributed"]["procs1_steps_per_s"] == 100.0
 
     def broken(procs, *a):
         raise RuntimeError("`-m pylander.train --procs 2` exited with 1:\nboom")
 
-    monkeypatch.setattr(bench, "_train_subprocess", broken)
-    result = bench.bench_distributed(tiny_settings(), tmp_path, log=lambda m: None)
-    assert result["distributed"]["ratio_2_to_1"] is None and "boom" in result["distributed"]["error"]
-    assert "FAILED" in bench.format_report(result)
+    monkeypatch.setattr(distributed, "train_subprocess", broken)
+    failed = distributed.bench_distributed(tiny_settings(), tmp_path, log=lambda m: None)
+    assert failed["distributed"]["ratio_2_to_1"] is None
+    assert "boom" in failed["distributed"]["error"]
+    assert "FAILED" in bench.format_report(failed)
 
 
 def test_metrics_rate_skips_the_start(tmp_path):
@@ -151,10 +217,10 @@ def test_metrics_rate_skips_the_start(tmp_path):
     rows = ["update,steps,episodes,seconds,mean_return,loss,entropy"]
     rows += [f"{u},{u * 100},0,{5.0 + u if u > 1 else 0.01},nan,0,0" for u in range(1, 11)]
     path.write_text("\n".join(rows) + "\n")
-    assert bench.metrics_rate(path) == pytest.approx(100.0)  # the slow first update is left out
+    assert distributed.metrics_rate(path) == pytest.approx(100.0)  # the slow first update is out
     path.write_text("\n".join(rows[:3]) + "\n")
     with pytest.raises(ValueError, match="rows"):
-        bench.metrics_rate(path)
+        distributed.metrics_rate(path)
 
 
 def test_cli_writes_the_json_it_prints(tmp_path, monkeypatch, capsys):

@@ -1,0 +1,128 @@
+"""The ``trainer`` section, and the measurement it shares with the ``notebook`` section: the real
+training loop with a baseline run between every two of its updates, through a training hook.
+
+The hook (:class:`Interleave`) runs one block of the baseline in its ``on_update``, that is
+after every update. The trainer's time for an update runs from the end of one hook call to the
+start of the next, so it holds everything ``train()`` does per update (the update itself, its
+bookkeeping, the other hooks: metrics, checkpoints, the periodic env resets) but neither the
+baseline nor the hook's own work. Pairing the two an update apart keeps load changes on a
+shared machine out of their ratio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import itertools
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pylander.bench.settings import Log, Settings
+from pylander.config import TrainConfig
+from pylander.envs import make_vector_env
+from pylander.hooks import Callback, UpdateInfo
+from pylander.trainer import train
+
+
+@dataclass
+class Turn:
+    """One baseline block and the trainer's update that followed it."""
+
+    baseline_s: float
+    baseline_steps: int
+    trainer_s: float
+    trainer_steps: int
+
+
+class Interleave(Callback):
+    """A training hook that runs ``baseline()`` (which returns the env steps it took) after every
+    update, and times it and the trainer's work until the next hook call; see the module."""
+
+    def __init__(self, baseline: Callable[[], int]):
+        self.baseline = baseline
+        self.turns: list[Turn] = []
+        self._block: tuple[float, int] | None = None  # the last baseline block: seconds, steps
+        self._resumed = 0.0  # when the trainer got the process back from this hook
+        self._steps = 0  # the trainer's env steps at the last hook call
+
+    def on_update(self, info: UpdateInfo) -> None:
+        now = time.perf_counter()
+        if self._block is not None:
+            self.turns.append(Turn(*self._block, trainer_s=now - self._resumed,
+                                   trainer_steps=info.steps - self._steps))
+        self._steps = info.steps
+        if info.steps >= info.run.config.total_steps:  # the last update: no trainer time follows
+            self._block = None
+            return
+        steps = self.baseline()
+        self._resumed = time.perf_counter()
+        self._block = (self._resumed - now, steps)
+
+
+def rates(window: list[Turn]) -> tuple[float, float]:
+    """Steps/s of the trainer and of the interleaved baseline over ``window``."""
+    return (sum(t.trainer_steps for t in window) / sum(t.trainer_s for t in window),
+            sum(t.baseline_steps for t in window) / sum(t.baseline_s for t in window))
+
+
+def measured_window(turns: list[Turn], skip_fraction: float = 0.2) -> list[Turn]:
+    """The turns after the first ``skip_fraction`` (warm-up: allocation, caches)."""
+    if len(turns) < 2:
+        raise RuntimeError(f"only {len(turns)} complete updates; raise the step budget")
+    return turns[min(max(1, int(len(turns) * skip_fraction)), len(turns) - 1):]
+
+
+def train_interleaved(config: TrainConfig, out: Path, baseline: Callable[[], int],
+                      close: Callable[[], None]) -> tuple[list[Turn], float, float]:
+    """Train ``config`` (into ``out``) with ``baseline`` run after every update (and once before,
+    as warm-up), then ``close()`` the baseline's env. Returns the measured window of turns, the
+    trainer's and the baseline's steps/s."""
+    hook = Interleave(baseline)
+    try:
+        baseline()
+        with contextlib.redirect_stdout(io.StringIO()):  # the trainer's final message
+            train(dataclasses.replace(config, out=str(out)), callbacks=[hook])
+    finally:
+        close()
+    window = measured_window(hook.turns)
+    return (window, *rates(window))
+
+
+def bench_trainer(settings: Settings, workdir: Path, log: Log) -> dict:
+    """The default trainer against stepping the same vector env with random actions, no learner:
+    one block of ``num_envs x num_steps`` env steps between every two updates."""
+    config = TrainConfig(**{"quiet": True, "eval_episodes": 1, **settings.trainer_overrides})
+    config.total_steps = settings.trainer_updates * config.num_envs * config.num_steps
+    envs = make_vector_env(config.env_id, config.num_envs, config.vector)
+    envs.reset(seed=config.seed + 1)
+    # The random actions are drawn before any clock starts.
+    rng = np.random.default_rng(config.seed)
+    pool = rng.integers(0, envs.single_action_space.n, size=(16, config.num_steps, config.num_envs))
+    blocks = itertools.cycle(pool)
+
+    def env_only() -> int:
+        actions = next(blocks)
+        for row in actions:
+            envs.step(row)
+        return actions.size
+
+    window, trainer_rate, env_rate = train_interleaved(config, workdir / "trainer", env_only,
+                                                       envs.close)
+    per_update = [(t.baseline_s / t.baseline_steps) / (t.trainer_s / t.trainer_steps)
+                  for t in window]
+    log(f"  trainer {trainer_rate:,.0f} steps/s, env only {env_rate:,.0f} steps/s over "
+        f"{len(window)} interleaved updates")
+    return {
+        "trainer": {"steps_per_s": trainer_rate, "ratio_to_env": trainer_rate / env_rate,
+                    "ratio_to_env_median_update": statistics.median(per_update),
+                    "updates": len(window),
+                    "config": {k: v for k, v in dataclasses.asdict(config).items()
+                               if k not in ("out", "quiet", "eval_episodes", "total_steps")}},
+        "env_only": {"steps_per_s": env_rate, "actions": "uniform random"},
+    }
