@@ -13,6 +13,11 @@ TORCH_LIBRARY(pylander, m) {
         " Tensor weights, str reduction) -> Tensor");
   m.def("sample_categorical(Tensor logits, Generator? generator=None)"
         " -> (Tensor actions, Tensor log_probs)");
+  // Functional (new tensors out) rather than in-place: opcheck and torch.compile handle it
+  // without aliasing annotations, and a rejected input leaves the caller's state untouched.
+  m.def("adam_scan(Tensor param, Tensor grads, Tensor exp_avg, Tensor exp_avg_sq, int step,"
+        " float lr, float beta1, float beta2, float eps)"
+        " -> (Tensor param, Tensor exp_avg, Tensor exp_avg_sq)");
 }
 
 PYBIND11_MODULE(_C, m) {

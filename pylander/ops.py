@@ -15,6 +15,7 @@ Semantics (``dones[t, n]`` is true when the step taken at ``t`` in env ``n`` end
 * ``pg_loss``: ``reduce_i(-weights[i] * log_softmax(logits[i])[actions[i]])`` and the mean
   entropy of ``softmax(logits)``; an empty batch gives zeros.
 * ``sample_categorical``: one action per row of ``softmax(logits)`` and its log-probability.
+* ``adam_scan``: ``T`` steps of ``torch.optim.Adam`` on fixed gradients, bit for bit.
 """
 
 from __future__ import annotations
@@ -79,6 +80,44 @@ def sample_categorical(
     return _ops.sample_categorical(logits, generator)
 
 
+def adam_scan(
+    param: Tensor,
+    grads: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: int,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``T`` Adam steps on fixed gradients in one call: new ``(param, exp_avg, exp_avg_sq)``.
+
+    Step ``t`` uses ``grads[t]`` and the step count ``step + t + 1``, exactly like ``T`` calls of
+    ``torch.optim.Adam.step()`` (no weight decay, amsgrad or maximize) with those gradients. On
+    CPUs with FMA (x86-64-v3 and up, where torch runs its AVX2/AVX-512 kernels) the results are
+    bitwise equal to torch's CPU loop: each update rounds as torch's ops do, down to using the
+    same MKL sqrt. The CUDA kernel follows torch's foreach kernels (not yet checked on a GPU).
+    Functional: new tensors come back, so it needs no aliasing annotations for opcheck or
+    torch.compile, and an error leaves the caller's state as it was.
+
+    Args:
+        param: ``[P]`` float32/float64 parameters, flattened.
+        grads: ``[T, P]`` gradients of the same dtype, one row per step.
+        exp_avg, exp_avg_sq: ``[P]`` Adam moments before the first of the ``T`` steps.
+        step: Adam steps already taken (0 for fresh moments).
+        lr, beta1, beta2, eps: as in ``torch.optim.Adam``.
+
+    The inputs are not modified. Raises ``ValueError`` for a negative ``step``, a
+    hyperparameter outside the range torch.optim.Adam accepts, or a NaN or infinity in the
+    inputs (or reached by the update); ``RuntimeError`` for wrong shapes, dtypes or devices.
+    """
+    return _ops.adam_scan(
+        param, grads, exp_avg, exp_avg_sq, int(step), float(lr), float(beta1), float(beta2),
+        float(eps),
+    )
+
+
 # --- fake kernels: output metadata only, for FakeTensor tracing and torch.compile -------------
 # The native kernels validate everything else; the one check needed here is the device, since a
 # meta or fake tensor among the inputs routes the call to these kernels instead.
@@ -123,6 +162,12 @@ def _pg_loss_backward_fake(grad_loss, grad_entropy, logits, actions, weights, re
 def _sample_categorical_fake(logits, generator=None):
     batch = logits.shape[0]
     return logits.new_empty((batch,), dtype=torch.long), logits.new_empty((batch,))
+
+
+@torch.library.register_fake("pylander::adam_scan")
+def _adam_scan_fake(param, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps):
+    _check_same_device(param=param, grads=grads, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+    return torch.empty_like(param), torch.empty_like(exp_avg), torch.empty_like(exp_avg_sq)
 
 
 # --- autograd ---------------------------------------------------------------------------------
