@@ -8,7 +8,8 @@ One episode at a time with the notebook's ``PolicyNetwork`` (Linear + ReLU, log 
 taken at the rollout-time parameters. The notebook computes each of those T gradients with its
 own ``backward()``; here the returns come from the native scan and all T per-step gradients from
 one batched native ``pg_loss`` call, chained by hand through the single Linear + ReLU layer.
-Only the T Adam steps remain a loop, as they must. ``tests/test_seed_parity.py`` checks the
+The T Adam steps that follow, on those fixed gradients, are elementwise recurrences: one native
+``adam_scan`` call does them, bitwise equal to torch's Adam loop. ``tests/test_seed_parity.py`` checks the
 parameters against :mod:`pylander.reference` after several episodes.
 """
 
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from pylander import ops, reference
 from pylander.algorithms import Iteration, check_parameters
+from pylander.algorithms.adam_scan import apply_adam_scan
 from pylander.config import TrainConfig
 from pylander.envs import check_spaces
 
@@ -100,9 +102,8 @@ class NotebookReinforce:
         obs, actions, rewards = self.run_episode()
         grad_weight, grad_bias, loss, entropy = self.per_step_gradients(obs, actions, rewards)
         layer, optimizer = self.policy.w, self.policy.optimizer
-        for t in range(rewards.shape[0]):
-            layer.weight.grad, layer.bias.grad = grad_weight[t], grad_bias[t]
-            optimizer.step()
+        # The notebook's T Adam steps, one per step's gradient, in one native scan.
+        apply_adam_scan(optimizer, [(layer.weight, grad_weight), (layer.bias, grad_bias)])
         self.updates += 1
         check_parameters(self.policy, self.updates)
         episode_return = float(rewards.double().sum())
