@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <string>
 
 namespace pylander {
@@ -124,6 +125,26 @@ inline void check_pg_inputs(const at::Tensor& logits, const at::Tensor& actions,
               num(weights.size(0)));
   check_same_device(actions, logits, "actions", "logits");
   check_same_device(weights, logits, "weights", "logits");
+}
+
+// The clipped surrogate's options: `clip_coef` 0 turns it off (then `old_log_probs`, if given,
+// is checked but unused); above 0 it needs one old log-probability per row of `logits`.
+inline void check_clip_inputs(const at::Tensor& logits,
+                              const std::optional<at::Tensor>& old_log_probs, double clip_coef) {
+  TORCH_CHECK_VALUE(std::isfinite(clip_coef) && clip_coef >= 0.0,
+                    "pylander: `clip_coef` must be a finite number >= 0 (0 turns clipping off), "
+                    "got ", num(clip_coef));
+  if (old_log_probs.has_value()) {
+    const at::Tensor& old = *old_log_probs;
+    check_dtype(old, logits.scalar_type(), "old_log_probs");
+    check_rank(old, 1, "old_log_probs", "[B]");
+    TORCH_CHECK(old.size(0) == logits.size(0), "pylander: `old_log_probs` must have B=",
+                num(logits.size(0)), " entries (one per row of `logits`), got ",
+                num(old.size(0)));
+    check_same_device(old, logits, "old_log_probs", "logits");
+  }
+  TORCH_CHECK_VALUE(clip_coef == 0.0 || old_log_probs.has_value(),
+                    "pylander: `clip_coef` > 0 needs `old_log_probs` (log pi_old(a_i|s_i), [B])");
 }
 
 }  // namespace pylander

@@ -7,10 +7,14 @@ TORCH_LIBRARY(pylander, m) {
         " -> Tensor");
   m.def("gae(Tensor rewards, Tensor values, Tensor dones, Tensor last_values, float gamma,"
         " float lam) -> Tensor");
-  m.def("pg_loss(Tensor logits, Tensor actions, Tensor weights, str reduction=\"mean\")"
-        " -> (Tensor loss, Tensor entropy)");
+  // clip_coef > 0 (with old_log_probs) makes the loss PPO's clipped surrogate; 0 is the plain
+  // weighted log-prob loss, whose clip_fraction is 0.
+  m.def("pg_loss(Tensor logits, Tensor actions, Tensor weights, str reduction=\"mean\","
+        " Tensor? old_log_probs=None, float clip_coef=0.0)"
+        " -> (Tensor loss, Tensor entropy, Tensor clip_fraction)");
   m.def("pg_loss_backward(Tensor grad_loss, Tensor grad_entropy, Tensor logits, Tensor actions,"
-        " Tensor weights, str reduction) -> Tensor");
+        " Tensor weights, str reduction, Tensor? old_log_probs=None, float clip_coef=0.0)"
+        " -> Tensor");
   m.def("sample_categorical(Tensor logits, Generator? generator=None)"
         " -> (Tensor actions, Tensor log_probs)");
   // Functional (new tensors out) rather than in-place: opcheck and torch.compile handle it

@@ -13,7 +13,8 @@ Semantics (``dones[t, n]`` is true when the step taken at ``t`` in env ``n`` end
 * ``gae``: ``delta[t] = r[t] + gamma * (1 - dones[t]) * V[t + 1] - V[t]`` with
   ``V[T] = last_values``, and ``A[t] = delta[t] + gamma * lam * (1 - dones[t]) * A[t + 1]``.
 * ``pg_loss``: ``reduce_i(-weights[i] * log_softmax(logits[i])[actions[i]])`` and the mean
-  entropy of ``softmax(logits)``; an empty batch gives zeros.
+  entropy of ``softmax(logits)``; an empty batch gives zeros. With ``old_log_probs`` and
+  ``clip_coef > 0`` the loss is PPO's clipped surrogate instead (:func:`clipped_pg_loss`).
 * ``sample_categorical``: one action per row of ``softmax(logits)`` and its log-probability.
 * ``adam_scan``: ``T`` steps of ``torch.optim.Adam`` on fixed gradients, bit for bit.
 """
@@ -66,7 +67,55 @@ def pg_loss(
     respect to ``logits`` is computed by the native backward, without materialising
     ``log_softmax``. Minimising ``loss - c * entropy`` gives an entropy bonus.
     """
-    return _ops.pg_loss(logits, actions, weights, reduction)
+    loss, entropy, _ = _ops.pg_loss(logits, actions, weights, reduction)
+    return loss, entropy
+
+
+def clipped_pg_loss(
+    logits: Tensor,
+    actions: Tensor,
+    weights: Tensor,
+    old_log_probs: Tensor,
+    clip_coef: float,
+    reduction: Reduction = "mean",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """PPO's clipped surrogate policy loss, the mean policy entropy and the clip fraction.
+
+    With ``r[i] = exp(log_softmax(logits[i])[actions[i]] - old_log_probs[i])`` and
+    ``eps = clip_coef``, returns ``(loss, entropy, clip_fraction)``, all scalars, where::
+
+        loss = -reduce_i(min(r[i] * weights[i], clip(r[i], 1 - eps, 1 + eps) * weights[i]))
+
+    and ``clip_fraction`` is the fraction of rows whose ratio has left ``[1 - eps, 1 + eps]`` in
+    the direction their weight favours (``r > 1 + eps`` with ``weights > 0``, or
+    ``r < 1 - eps`` with ``weights < 0``): the rows that add nothing to the gradient. The
+    gradient with respect to ``logits`` is exactly that of ``loss`` (and of ``entropy``),
+    computed by the same native op as :func:`pg_loss`, which it is, bit for bit, when
+    ``clip_coef == 0`` (``old_log_probs`` is then unused and ``clip_fraction`` is 0).
+    ``weights`` and ``old_log_probs`` are constants here: no gradient flows to them.
+
+    How a trainer calls it: once per rollout, under ``torch.no_grad()``, with the policy that
+    collected it::
+
+        old_log_probs = torch.log_softmax(old_logits, -1).gather(1, actions[:, None])[:, 0]
+
+    (the ``log_probs`` that :func:`sample_categorical` returned while acting are the same values
+    up to rounding, if the policy has not changed since); then, in every epoch and minibatch
+    of the update::
+
+        loss, entropy, clip_fraction = ops.clipped_pg_loss(
+            policy(obs[mb]), actions[mb], advantages[mb], old_log_probs[mb], clip_coef)
+
+    Args:
+        logits: ``[B, A]`` float32/float64 logits of the current policy.
+        actions: ``[B]`` int64 actions taken, in ``[0, A)``.
+        weights: ``[B]`` advantages, in the dtype of ``logits``.
+        old_log_probs: ``[B]`` log-probabilities of ``actions`` under the policy that
+            collected the data, in the dtype of ``logits``.
+        clip_coef: PPO's ``eps``, a finite number ``>= 0`` (0 turns clipping off).
+        reduction: ``"mean"`` divides the summed surrogate by ``B``; ``"sum"`` does not.
+    """
+    return _ops.pg_loss(logits, actions, weights, reduction, old_log_probs, float(clip_coef))
 
 
 def sample_categorical(
@@ -147,14 +196,20 @@ def _gae_fake(rewards, values, dones, last_values, gamma, lam):
 
 
 @torch.library.register_fake("pylander::pg_loss")
-def _pg_loss_fake(logits, actions, weights, reduction="mean"):
-    _check_same_device(logits=logits, actions=actions, weights=weights)
-    return logits.new_empty(()), logits.new_empty(())
+def _pg_loss_fake(logits, actions, weights, reduction="mean", old_log_probs=None, clip_coef=0.0):
+    _check_same_device(
+        logits=logits, actions=actions, weights=weights, old_log_probs=old_log_probs
+    )
+    return logits.new_empty(()), logits.new_empty(()), logits.new_empty(())
 
 
 @torch.library.register_fake("pylander::pg_loss_backward")
-def _pg_loss_backward_fake(grad_loss, grad_entropy, logits, actions, weights, reduction):
-    _check_same_device(logits=logits, actions=actions, weights=weights)
+def _pg_loss_backward_fake(
+    grad_loss, grad_entropy, logits, actions, weights, reduction, old_log_probs=None, clip_coef=0.0
+):
+    _check_same_device(
+        logits=logits, actions=actions, weights=weights, old_log_probs=old_log_probs
+    )
     return torch.empty_like(logits)
 
 
@@ -224,23 +279,27 @@ torch.library.register_autograd("pylander::gae", _gae_backward, setup_context=_g
 
 
 def _pg_loss_setup(ctx, inputs, output):
-    logits, actions, weights, reduction = inputs
-    ctx.save_for_backward(logits, actions, weights)
-    ctx.reduction = reduction
+    logits, actions, weights, reduction, old_log_probs, clip_coef = inputs
+    ctx.save_for_backward(logits, actions, weights, old_log_probs)
+    ctx.reduction, ctx.clip_coef = reduction, clip_coef
+    ctx.mark_non_differentiable(output[2])  # the clip fraction is piecewise constant
 
 
-def _pg_loss_backward(ctx, grad_loss, grad_entropy):
-    logits, actions, weights = ctx.saved_tensors
+def _pg_loss_backward(ctx, grad_loss, grad_entropy, _grad_clip_fraction):
+    logits, actions, weights, old_log_probs = ctx.saved_tensors
     grad_logits = grad_weights = None
     if ctx.needs_input_grad[0]:
         grad_logits = _ops.pg_loss_backward(
-            grad_loss, grad_entropy, logits, actions, weights, ctx.reduction
+            grad_loss, grad_entropy, logits, actions, weights, ctx.reduction, old_log_probs,
+            ctx.clip_coef,
         )
-    if ctx.needs_input_grad[2]:
+    # The plain loss is differentiable in its weights; the clipped surrogate treats its weights
+    # (advantages) and old log-probabilities as the constants they are in PPO.
+    if ctx.needs_input_grad[2] and ctx.clip_coef == 0:
         scale = max(logits.shape[0], 1) if ctx.reduction == "mean" else 1
         chosen = torch.log_softmax(logits, -1).gather(1, actions.unsqueeze(1)).squeeze(1)
         grad_weights = -grad_loss * chosen / scale
-    return grad_logits, None, grad_weights, None
+    return grad_logits, None, grad_weights, None, None, None
 
 
 torch.library.register_autograd(

@@ -69,6 +69,32 @@ def pg_loss(
     return loss, entropy
 
 
+def clipped_pg_loss(
+    logits: Tensor,
+    actions: Tensor,
+    weights: Tensor,
+    old_log_probs: Tensor,
+    clip_coef: float,
+    reduction: str = "mean",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Reference for :func:`pylander.ops.clipped_pg_loss`: PPO's clipped surrogate, as written
+    in the PPO paper, differentiable by ordinary autograd in ``logits``."""
+    if clip_coef == 0:
+        return (*pg_loss(logits, actions, weights, reduction), logits.new_zeros(()))
+    _, entropy = pg_loss(logits, actions, weights, reduction)
+    weights, old_log_probs = weights.detach(), old_log_probs.detach()  # constants in PPO
+    chosen = torch.log_softmax(logits, dim=-1).gather(1, actions.unsqueeze(1)).squeeze(1)
+    ratio = torch.exp(chosen - old_log_probs)
+    clipped_ratio = ratio.clamp(1 - clip_coef, 1 + clip_coef)
+    surrogate = torch.minimum(ratio * weights, clipped_ratio * weights)
+    batch = logits.shape[0]
+    loss = -surrogate.sum() / (max(batch, 1) if reduction == "mean" else 1)
+    # The rows whose clipped term wins the min: they add nothing to the gradient.
+    clipped = ((ratio > 1 + clip_coef) & (weights > 0)) | ((ratio < 1 - clip_coef) & (weights < 0))
+    clip_fraction = clipped.sum().to(logits.dtype) / max(batch, 1)
+    return loss, entropy, clip_fraction
+
+
 def sample_categorical(
     logits: Tensor, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:

@@ -30,7 +30,7 @@ inline unsigned int num_blocks(int64_t n) {
 }
 
 // Indices of flags written by the kernels; a flag is set to 1 when the condition is seen.
-enum Flag : int { kNonFinite = 0, kBadAction = 1, kNumFlags = 2 };
+enum Flag : int { kNonFinite = 0, kBadAction = 1, kNonFiniteOld = 2, kNumFlags = 3 };
 
 // Zeroed int32 flags on the device of `like`, on the current stream.
 inline at::Tensor make_flags(const at::Tensor& like) {
@@ -41,12 +41,13 @@ inline at::Tensor make_flags(const at::Tensor& like) {
 struct HostFlags {
   bool non_finite = false;
   bool bad_action = false;
+  bool non_finite_old = false;  // old_log_probs (pg_loss's clipped surrogate)
 };
 
 inline HostFlags read_flags(const at::Tensor& flags) {
   const auto host = flags.to(at::kCPU);
   const int* f = host.data_ptr<int>();
-  return {f[kNonFinite] != 0, f[kBadAction] != 0};
+  return {f[kNonFinite] != 0, f[kBadAction] != 0, f[kNonFiniteOld] != 0};
 }
 
 // The `is on X but Y is on Z` message of check_same_device, for a generator.
