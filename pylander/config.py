@@ -70,6 +70,8 @@ class TrainConfig:
     anneal_lr: bool = setting(True, "anneal the learning rate linearly to 0 over total_steps")
     epochs: int = setting(4, "passes over each rollout (more than 1 reuses slightly stale data)")
     minibatches: int = setting(4, "Adam steps per pass, each on a disjoint slice of the rollout")
+    clip_coef: float = setting(0.0, "PPO's ratio clipping: weight advantages by pi/pi_old, zero "
+                               "outside [1-eps, 1+eps] in the advantage's direction (0: off)")
     target_kl: float = setting(0.01, "end an update early once KL(old || new policy) exceeds this (0: never)")
     normalize_obs: bool = setting(False, "standardise observations with running statistics "
                                   "(kept in checkpoints, applied by evaluation and export)")
@@ -118,7 +120,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value}")
-        for name in ["ent_coef", "vf_coef", "target_kl"]:
+        for name in ["ent_coef", "vf_coef", "target_kl", "clip_coef"]:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be >= 0, got {value}")

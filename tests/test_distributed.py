@@ -250,18 +250,18 @@ def test_rank_zero_alone_evaluates_and_all_ranks_stop_together(tmp_path, monkeyp
     monkeypatch.setattr(trainer, "evaluate", counting_evaluate)
     monkeypatch.setattr(trainer, "reward_threshold", lambda env_id: 0.0)  # solved at 100 episodes
     config = TrainConfig(env_id="CartPole-v1", num_envs=4, num_steps=16, total_steps=100_000,
-                         stop_when_solved=True, eval_episodes=2, out=str(tmp_path / "solved"),
-                         quiet=True)
+                         stop_when_solved=True, eval_episodes=2, eval_interval=1024,
+                         eval_interval_episodes=2, out=str(tmp_path / "solved"), quiet=True)
 
     def target(rank):
         return trainer.train(dataclasses.replace(config)), len(calls)
 
     (summary0, calls0), (summary1, calls1) = values(run_ranks(target))
     assert summary0["stop_reason"] == summary1["stop_reason"] == "solved"
-    assert summary0["steps"] == summary1["steps"] < 100_000
+    assert summary0["steps"] == summary1["steps"] == 1024  # the first periodic evaluation
     assert summary0["eval_mean_return"] == summary1["eval_mean_return"]
-    assert summary0["episodes"] >= 100
-    assert (calls0, calls1) == (1, 0)  # only rank 0 played evaluation episodes
+    # Only rank 0 played evaluation episodes: the periodic one and its confirmation.
+    assert (calls0, calls1) == (2, 0)
     assert json.loads((tmp_path / "solved" / "summary.json").read_text())["stop_reason"] == "solved"
 
 

@@ -130,3 +130,31 @@ def test_async_vector_env_gives_the_same_run_as_sync(tmp_path):
                            "--total-steps", "1024", "--eval-episodes", "2", "--out", str(out)]) == 0
         runs.append(strip_seconds(read_metrics(out / "metrics.csv")))
     assert len(runs[0]) == 8 and runs[0] == runs[1]
+
+
+def test_clipped_update_reports_its_clip_fraction(tmp_path):
+    fractions = {}
+    for clip in ["0", "0.1"]:
+        out = tmp_path / f"clip{clip}"
+        assert train_main([*CARTPOLE, "--clip-coef", clip, "--target-kl", "0", "--epochs", "8",
+                           "--total-steps", "4096", "--eval-episodes", "1", "--out", str(out)]) == 0
+        fractions[clip] = [float(r["clip_fraction"]) for r in read_metrics(out / "metrics.csv")]
+    assert all(f == 0 for f in fractions["0"])  # off: no row is ever dropped
+    assert all(0 < f < 1 for f in fractions["0.1"])  # eight passes push ratios out of range
+
+
+def test_observation_normalisation_is_saved_and_applied_by_evaluation(tmp_path):
+    from pylander.evaluate import policy_from_checkpoint
+
+    out = tmp_path / "norm"
+    assert train_main([*CARTPOLE, "--normalize-obs", "--total-steps", "2048",
+                       "--eval-episodes", "1", "--out", str(out)]) == 0
+    payload = load_checkpoint(out / "checkpoint.pt")
+    assert payload["architecture"]["normalize_obs"] is True
+    policy, _ = policy_from_checkpoint(payload)
+    stats = policy.normalizer
+    assert stats.count.item() == 2048 and (stats.var != 1).all()  # statistics of real rollouts
+    obs = torch.randn(5, 4)
+    raw = policy.actor(obs)
+    torch.testing.assert_close(policy(obs), policy.actor(stats(obs)))
+    assert not torch.allclose(policy(obs), raw)

@@ -9,9 +9,13 @@ Each iteration:
    * ``baseline="mean"`` / ``"none"``: Monte-Carlo returns (minus their batch mean). Without a
      critic an unfinished episode's return is unknown, so steps after a column's last episode end
      are left out of the loss; use rollouts longer than an episode with these baselines;
-3. optionally normalise advantages, then take ``minibatches`` Adam steps on disjoint slices of the
-   batch, minimising ``pg_loss - ent_coef * entropy + vf_coef * value_loss`` (native ``pg_loss``
-   forward and backward), with gradient-norm clipping and a linearly annealed learning rate.
+3. optionally normalise advantages, then take ``epochs`` passes of ``minibatches`` Adam steps on
+   disjoint slices of the batch, minimising ``pg_loss - ent_coef * entropy + vf_coef *
+   value_loss`` (native ``pg_loss`` forward and backward), with gradient-norm clipping and a
+   linearly annealed learning rate. The later passes reuse slightly stale data: ``target_kl``
+   ends the update once the policy has moved that far, and ``clip_coef`` > 0 weights each
+   advantage by the importance ratio and drops it once the ratio leaves ``[1 - eps, 1 + eps]``
+   in its direction, which makes the native loss's gradient exactly PPO's clipped surrogate.
 """
 
 from __future__ import annotations
@@ -136,9 +140,10 @@ class Reinforce:
         batches = comm.minibatches(mask, cfg.epochs, cfg.minibatches, self.shuffle_generator)
         with torch.no_grad():
             old_log_probs = torch.log_softmax(self.policy.logits(obs), -1)
+            old_chosen = old_log_probs.gather(1, actions[:, None]).squeeze(1)
 
-        # policy loss, value loss, entropy, grad norm: summed over the Adam steps taken
-        totals = torch.zeros(4, dtype=torch.float64, device=self.device)
+        # policy loss, value loss, entropy, clip fraction, grad norm: summed over the steps taken
+        totals = torch.zeros(5, dtype=torch.float64, device=self.device)
         steps_taken = 0
         for step, (batch, global_size) in enumerate(batches):
             if global_size == 0:
@@ -147,8 +152,11 @@ class Reinforce:
             if cfg.target_kl > 0 and step > 0 and self._kl(old_log_probs[batch], logits, global_size) > cfg.target_kl:
                 break  # the policy moved far from the one that collected the data
             steps_taken += 1
-            policy_loss, entropy = ops.pg_loss(logits, actions[batch], advantages[batch], "sum")
-            entropy = entropy * batch.numel()  # pg_loss reports the batch mean
+            # With clip_coef > 0, PPO's clipped surrogate: each advantage weighted by the ratio
+            # pi / pi_old, and by 0 where the ratio has left [1 - eps, 1 + eps] in its direction.
+            policy_loss, entropy, clipped = ops.clipped_pg_loss(
+                logits, actions[batch], advantages[batch], old_chosen[batch], cfg.clip_coef, "sum")
+            entropy = entropy * batch.numel()  # reported as the batch mean
             loss = policy_loss - cfg.ent_coef * entropy
             value_loss = torch.zeros((), device=self.device)
             if self.policy.critic is not None:
@@ -167,15 +175,17 @@ class Reinforce:
             self.optimizer.step()
             # Gradients are summed over ranks, so every rank has the same norm: count it once.
             totals += torch.stack([policy_loss.detach(), value_loss, entropy.detach(),
+                                   clipped * batch.numel(),
                                    grad_norm.detach() * global_size / comm.world_size]
                                   ).double() / global_size
         check_parameters(self.policy, self.updates + 1)
-        policy_loss, value_loss, entropy, grad_norm = (comm.sum(totals) / max(steps_taken, 1)).tolist()
+        policy_loss, value_loss, entropy, clip_fraction, grad_norm = (
+            comm.sum(totals) / max(steps_taken, 1)).tolist()
         with torch.no_grad():
             new_logits = self.policy.logits(obs[index])
         metrics = {"policy_loss": policy_loss, "entropy": entropy, "grad_norm": grad_norm,
                    "approx_kl": self._kl(old_log_probs[index], new_logits, count),
-                   "minibatches": steps_taken,
+                   "minibatches": steps_taken, "clip_fraction": clip_fraction,
                    "learning_rate": self.optimizer.param_groups[0]["lr"]}
         if self.policy.critic is not None:
             metrics["value_loss"] = value_loss
