@@ -8,6 +8,7 @@ at any moment (SIGKILL included) leaves either the old or the new checkpoint, ne
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import pickle
@@ -54,7 +55,11 @@ def remove_stale_temporaries(directory: Path, names: list[str]) -> list[Path]:
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(file)`` on a temporary file, then fsync and rename it onto ``path``."""
+    """Call ``write(file)`` on a temporary file, then fsync and rename it onto ``path``.
+
+    A failure to write (a full disk, ...) raises :class:`WriteError` naming ``path``, and leaves
+    the old ``path`` as it was.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
@@ -64,14 +69,48 @@ def atomic_write(path: Path, write: Any) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        failure = _write_failure(exc, path)
+        if failure is None:
+            raise
+        raise failure from exc
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+class WriteError(OSError):
+    """A file could not be written: the disk is full, the directory went away, ... The message
+    names the file; ``errno`` is the system's reason."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+def _write_failure(exc: BaseException, path: Path) -> WriteError | None:
+    """``exc`` as a :class:`WriteError` naming ``path`` if it is a failure to write, else None.
+
+    torch.save reports a failed write (ENOSPC included) as a RuntimeError from its zip writer
+    ("PytorchStreamWriter failed writing file ..."), not as the OSError underneath.
+    """
+    if isinstance(exc, WriteError):
+        return exc
+    if isinstance(exc, OSError):
+        cause: BaseException | None = exc
+    elif isinstance(exc, RuntimeError):
+        cause = exc.__cause__ or exc.__context__
+    else:
+        return None
+    if isinstance(cause, OSError):
+        return WriteError(cause.errno, cause.strerror or str(cause), str(path))
+    if "No space left" in str(exc):
+        return WriteError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if "PytorchStreamWriter failed" in str(exc):
+        return WriteError(errno.EIO, _first_line(exc), str(path))
+    return None
 
 
 def save_checkpoint(path: Path, *, env_id: str, architecture: dict, algorithm: dict,

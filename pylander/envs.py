@@ -1,6 +1,16 @@
-"""Environment construction: id normalisation, validation, vector envs and reward thresholds."""
+"""Environment construction: id normalisation, validation, vector envs and reward thresholds.
+
+Every env pylander plays is made by :func:`make_env`, from an env id and the run's
+``env_kwargs``. An id may name the module that registers it, gymnasium's ``module:EnvId`` form
+(``my_package.envs:Maze-v0``): the module is imported first, so a custom env needs no code
+change here, and the id saved with a run (config.toml, checkpoints) rebuilds it anywhere that
+module can be imported.
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 import gymnasium as gym
 
@@ -8,18 +18,38 @@ import gymnasium as gym
 ALIASES = {"LunarLander-v2": "LunarLander-v3"}
 
 
+def env_name(env_id: str) -> str:
+    """The registered name in ``env_id``, without a ``module:`` prefix."""
+    return env_id.rpartition(":")[2]
+
+
 def resolve_env_id(env_id: str, *, announce: bool = True) -> str:
-    """Map old names to current ones and check that gymnasium knows the id."""
+    """Map old names to current ones, import a ``module:`` prefix's module, and check that
+    gymnasium knows the id; ValueError says what is wrong."""
     if env_id in ALIASES:
         new = ALIASES[env_id]
         if announce:
             print(f"pylander: {env_id} is not in gymnasium 1.x; using {new} (same task).")
         env_id = new
-    if env_id not in gym.registry:
-        close = [k for k in gym.registry if k.split("-")[0].lower() == env_id.split("-")[0].lower()]
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # ImportError, or whatever the module raised while importing
+            raise ValueError(f"cannot import module {module!r} of env {env_id!r}: "
+                             f"{type(exc).__name__}: {exc}") from None
+    if name not in gym.registry:
+        close = [k for k in gym.registry if k.split("-")[0].lower() == name.split("-")[0].lower()]
         hint = f" Did you mean {', '.join(sorted(close))}?" if close else ""
-        raise ValueError(f"unknown environment {env_id!r}.{hint}")
+        where = f" (module {module} registers no such env)" if module else ""
+        raise ValueError(f"unknown environment {name!r}{where}.{hint}")
     return env_id
+
+
+def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None, **options: Any) -> gym.Env:
+    """One env: ``gym.make(env_id, **env_kwargs, **options)`` (options such as
+    ``render_mode``); ``env_id`` may be ``module:EnvId``."""
+    return gym.make(env_id, **(env_kwargs or {}), **options)
 
 
 def check_spaces(env: gym.Env | gym.vector.VectorEnv, env_id: str) -> tuple[int, int]:
@@ -38,16 +68,18 @@ def check_spaces(env: gym.Env | gym.vector.VectorEnv, env_id: str) -> tuple[int,
 
 def reward_threshold(env_id: str) -> float | None:
     """The return at which gymnasium considers the task solved (LunarLander: 200)."""
-    return gym.spec(env_id).reward_threshold
+    return gym.spec(env_name(resolve_env_id(env_id, announce=False))).reward_threshold
 
 
-def make_vector_env(env_id: str, num_envs: int, mode: str = "sync") -> gym.vector.VectorEnv:
-    """A vector env in gymnasium's default NEXT_STEP autoreset mode (see rollout.py).
+def make_vector_env(env_id: str, num_envs: int, mode: str = "sync",
+                    env_kwargs: dict[str, Any] | None = None) -> gym.vector.VectorEnv:
+    """``num_envs`` of :func:`make_env` as a vector env in gymnasium's default NEXT_STEP
+    autoreset mode (see rollout.py).
 
     ``async`` steps the envs in worker processes (worth it with 2+ spare cores); the workers run
     only gymnasium code, so the default fork start method is safe.
     """
-    fns = [lambda: gym.make(env_id) for _ in range(num_envs)]
+    fns = [lambda: make_env(env_id, env_kwargs) for _ in range(num_envs)]
     if mode == "async":
         return gym.vector.AsyncVectorEnv(fns)
     return gym.vector.SyncVectorEnv(fns)

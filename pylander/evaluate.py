@@ -8,19 +8,21 @@ first ``episodes`` to finish.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
 
 from pylander import ops
 from pylander.checkpoint import CheckpointError, load_checkpoint
-from pylander.envs import check_spaces, make_vector_env, resolve_env_id
+from pylander.envs import check_spaces, make_env, make_vector_env, resolve_env_id
 
 LogitsFn = Callable[[Tensor], Tensor]
 CPU = torch.device("cpu")
@@ -31,12 +33,14 @@ EVAL_SEED_OFFSET = 1_000_003
 @torch.no_grad()
 def evaluate(logits_fn: LogitsFn, env_id: str, episodes: int, seed: int, *,
              stochastic: bool = False, num_envs: int = 16,
-             device: torch.device = CPU) -> np.ndarray:
-    """Play ``episodes`` episodes; greedy (argmax) actions unless ``stochastic``. Returns returns."""
+             device: torch.device = CPU,
+             env_kwargs: dict[str, Any] | None = None) -> np.ndarray:
+    """Play ``episodes`` episodes of ``env_id`` (made with ``env_kwargs``); greedy (argmax)
+    actions unless ``stochastic``. Returns their returns."""
     num_envs = max(1, min(num_envs, episodes))
     quota = np.full(num_envs, episodes // num_envs)
     quota[: episodes % num_envs] += 1
-    envs = make_vector_env(env_id, num_envs)
+    envs = make_vector_env(env_id, num_envs, env_kwargs=env_kwargs)
     generator = torch.Generator(device=device).manual_seed(seed + EVAL_SEED_OFFSET)
     returns: list[float] = []
     try:
@@ -80,9 +84,10 @@ def policy_from_checkpoint(payload: dict) -> tuple[torch.nn.Module, str]:
     return policy, payload["env_id"]
 
 
-def check_fits_env(architecture: dict, env_id: str) -> None:
+def check_fits_env(architecture: dict, env_id: str,
+                   env_kwargs: dict[str, Any] | None = None) -> None:
     """Raise CheckpointError unless the policy's input and output sizes are the env's."""
-    env = gym.make(env_id)
+    env = make_env(env_id, env_kwargs)
     try:
         obs_size, num_actions = check_spaces(env, env_id)
     finally:
@@ -94,21 +99,51 @@ def check_fits_env(architecture: dict, env_id: str) -> None:
             f"{num_actions}")
 
 
-def record_video(logits_fn: LogitsFn, env_id: str, path: Path, seed: int) -> float:
-    """Record one greedy episode to ``path`` (.gif, or .mp4 with imageio-ffmpeg); returns its return."""
+def check_video_path(path: Path) -> None:
+    """Raise ValueError unless a video can be written to ``path``: a .gif or .mp4 (which needs
+    imageio-ffmpeg) in a writable folder. Cheap, so it is checked before anything is played."""
+    suffix = path.suffix.lower()
+    if suffix not in {".gif", ".mp4"}:
+        raise ValueError(f"--video must end in .gif or .mp4, got {path}")
+    if suffix == ".mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise ValueError(f"--video {path}: writing .mp4 needs imageio-ffmpeg (pip install "
+                         "imageio-ffmpeg); .gif needs nothing more")
+    if path.is_dir():
+        raise ValueError(f"--video {path} is a directory; give a file name ending in {suffix}")
+    folder = path.parent
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise ValueError(f"--video {path}: the folder {folder} {problem}")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--video {path}: cannot write to {folder}: "
+                         f"{exc.strerror or exc}") from None
+
+
+def record_video(logits_fn: LogitsFn, env_id: str, path: Path, seed: int, *,
+                 stochastic: bool = False, env_kwargs: dict[str, Any] | None = None) -> float:
+    """Record one episode to ``path`` (.gif, or .mp4 with imageio-ffmpeg); returns its return.
+
+    Actions are greedy, or sampled with ``stochastic`` (from a generator seeded by ``seed``, so
+    the same seed records the same episode).
+    """
     import imageio.v2 as imageio
 
-    if path.suffix.lower() not in {".gif", ".mp4"}:
-        raise ValueError(f"--video must end in .gif or .mp4, got {path}")
-    env = gym.make(env_id, render_mode="rgb_array")
+    check_video_path(path)
+    env = make_env(env_id, env_kwargs, render_mode="rgb_array")
+    generator = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
     frames, total = [], 0.0
     try:
         obs, _ = env.reset(seed=seed + EVAL_SEED_OFFSET)
         while True:
             frames.append(env.render())
             with torch.no_grad():
-                action = int(logits_fn(torch.as_tensor(obs, dtype=torch.float32)[None]).argmax())
-            obs, reward, terminated, truncated, _ = env.step(action)
+                logits = logits_fn(torch.as_tensor(obs, dtype=torch.float32)[None])
+                chosen = (ops.sample_categorical(logits, generator)[0] if stochastic
+                          else logits.argmax(-1))
+            obs, reward, terminated, truncated, _ = env.step(int(chosen[0]))
             total += float(reward)
             if terminated or truncated:
                 frames.append(env.render())
@@ -121,30 +156,56 @@ def record_video(logits_fn: LogitsFn, env_id: str, path: Path, seed: int) -> flo
             imageio.mimsave(path, frames[::2], duration=2000 / fps, loop=0)
         else:
             imageio.mimsave(path, frames, fps=fps)
-    except (ImportError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"cannot write {path}: {exc} (for .mp4: pip install imageio-ffmpeg)") from None
+    except (ImportError, ValueError, RuntimeError, OSError) as exc:
+        raise ValueError(f"cannot write {path}: {exc}") from None
     return total
+
+
+def checkpoint_file(path: Path) -> Path:
+    """``path``, or for a run directory its ``best.pt`` (else its ``checkpoint.pt``)."""
+    if not path.is_dir():
+        return path
+    for name in ("best.pt", "checkpoint.pt"):
+        if (path / name).is_file():
+            return path / name
+    raise CheckpointError(f"{path} is a directory with no best.pt or checkpoint.pt in it")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pylander.evaluate",
                                      description="Evaluate a pylander checkpoint.")
-    parser.add_argument("checkpoint", type=Path, help="checkpoint.pt or best.pt of a run")
-    parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stochastic", action="store_true", help="sample actions instead of argmax")
+    parser.add_argument("checkpoint", type=Path,
+                        help="a run directory (its best.pt, else its checkpoint.pt) or a .pt file")
+    parser.add_argument("--episodes", type=int, default=100,
+                        help="evaluation episodes to play (default: 100)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the episodes (and of sampled actions); the same seed plays "
+                        "the same episodes (default: 0)")
+    parser.add_argument("--stochastic", action="store_true",
+                        help="sample actions instead of argmax (the video too)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--video", type=Path, help="also record one greedy episode (.gif or .mp4)")
+    parser.add_argument("--video", type=Path,
+                        help="also record one episode to this .gif (or .mp4, with imageio-ffmpeg)")
     args = parser.parse_args(argv)
     if args.episodes <= 0:
         parser.error(f"--episodes must be positive, got {args.episodes}")
+    if args.video is not None:
+        try:
+            check_video_path(args.video)
+        except ValueError as exc:
+            parser.error(str(exc))
     try:
-        payload = load_checkpoint(args.checkpoint)
+        path = checkpoint_file(args.checkpoint)
+        payload = load_checkpoint(path)
         logits_fn, env_id = policy_from_checkpoint(payload)
         env_id = resolve_env_id(env_id, announce=False)
-        check_fits_env(payload["architecture"], env_id)
-        returns = evaluate(logits_fn, env_id, args.episodes, args.seed, stochastic=args.stochastic)
-        video_return = record_video(logits_fn, env_id, args.video, args.seed) if args.video else None
+        env_kwargs = payload["config"].get("env_kwargs") or {}
+        check_fits_env(payload["architecture"], env_id, env_kwargs)
+        returns = evaluate(logits_fn, env_id, args.episodes, args.seed, stochastic=args.stochastic,
+                           env_kwargs=env_kwargs)
+        video_return = (record_video(logits_fn, env_id, args.video, args.seed,
+                                     stochastic=args.stochastic, env_kwargs=env_kwargs)
+                        if args.video else None)
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

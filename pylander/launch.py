@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 import sys
 
+LAUNCHED_ENV = "PYLANDER_LAUNCHED"
+"""Set for the ranks this launcher starts: the launcher has checked the settings and printed any
+notes about them, so the ranks do not repeat them."""
+
 
 def strip_procs(argv: list[str]) -> list[str]:
     """``argv`` without ``--procs N`` / ``--procs=N`` (the ranks must not relaunch themselves)."""
@@ -37,6 +41,7 @@ def launch_local(procs: int, argv: list[str]) -> int:
     torchrun = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={procs}", "--module", "pylander.train",
          *strip_procs(argv)])
+    os.environ[LAUNCHED_ENV] = "1"  # the ranks need not repeat the notes printed here
     try:
         run(torchrun)
     except ChildFailedError as exc:
@@ -48,4 +53,6 @@ def launch_local(procs: int, argv: list[str]) -> int:
         return code
     except SignalException as exc:  # Ctrl-C / SIGTERM reached the launcher; ranks were told too
         return 128 + int(exc.sigval)
+    finally:
+        os.environ.pop(LAUNCHED_ENV, None)
     return 0

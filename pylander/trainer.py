@@ -32,14 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pylander import rundir
 from pylander.algorithms import Algorithm, Iteration, NonFiniteError, get_algorithm
-from pylander.checkpoint import (
-    CheckpointError,
-    atomic_write,
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
+from pylander.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from pylander.config import TrainConfig
 from pylander.distributed import Collective
 from pylander.envs import resolve_env_id, reward_threshold
@@ -152,7 +147,7 @@ class Run:
             lambda: evaluate(policy or self.algorithm.policy, cfg.env_id,
                              episodes or cfg.eval_episodes, cfg.seed if seed is None else seed,
                              stochastic=cfg.eval_stochastic, num_envs=num_envs,
-                             device=self.device),
+                             device=self.device, env_kwargs=cfg.env_kwargs),
             "rank 0 to evaluate")
 
     def evaluate_result(self) -> None:
@@ -206,7 +201,14 @@ def train(config: TrainConfig, *, resume: bool = False,
     comm.check_same_settings(dataclasses.replace(config, out="", quiet=False, torch_threads=1,
                                                  vector="sync").to_toml())
     user_hooks = [as_callback(c) for c in callbacks]
+    # Rank 0 holds the run directory from before its first write to the end: a second run,
+    # or a --force / --resume of this one, is refused meanwhile (rundir.RunDirectoryError).
+    with rundir.claim(config.resolved_out(), comm):
+        return _train(config, resume, comm, device, user_hooks)
 
+
+def _train(config: TrainConfig, resume: bool, comm: Collective, device: torch.device,
+           user_hooks: list[Callback]) -> dict:
     torch.manual_seed(config.seed)  # the network's initial weights
     run = Run(config, get_algorithm(config.algo).build(config, device, comm), comm, device)
     first, last = default_hooks(config, run.threshold)
@@ -215,7 +217,8 @@ def train(config: TrainConfig, *, resume: bool = False,
         if resume:
             run.load()
         run.reset_envs()
-        _prepare_directory(run)
+        if comm.is_main:
+            rundir.prepare(run.out, config, resume=resume)
         if resume:
             run.message(f"resumed {run.out} at update {run.counters['update']}, "
                         f"{run.counters['steps']} steps")
@@ -323,15 +326,6 @@ def _iterate(algo: Algorithm, progress: float, update: int) -> Iteration:
             raise
         raise NonFiniteError(f"the optimizer step overflowed float32 at update {update} "
                              f"({str(exc).strip()[:200]})") from None
-
-
-def _prepare_directory(run: Run) -> None:
-    if not run.comm.is_main:
-        return
-    run.out.mkdir(parents=True, exist_ok=True)
-    # Left behind by a run killed while saving (SIGKILL); the files themselves are intact.
-    remove_stale_temporaries(run.out, ["config.toml", "checkpoint.pt", "best.pt", "summary.json"])
-    atomic_write(run.out / "config.toml", lambda fh: fh.write(run.config.to_toml().encode()))
 
 
 def _summary(run: Run) -> dict:

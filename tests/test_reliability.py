@@ -16,6 +16,8 @@ so they import the installed package, never the source tree.
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import os
 import pickle
@@ -129,6 +131,57 @@ def test_atomic_write_that_fails_midway_keeps_the_old_file(tmp_path):
         atomic_write(path, half_then_crash)
     assert path.read_bytes() == b"old contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary left
+
+
+def save_to_a_full_disk(obj, fh, *args, **kwargs):
+    """torch.save onto a disk that fills up after 100 bytes (ENOSPC from the file's write)."""
+
+    class FullDisk(io.RawIOBase):
+        written = 0
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 100:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return len(data)
+
+    REAL_SAVE(obj, FullDisk(), *args, **kwargs)
+
+
+REAL_SAVE = torch.save
+
+
+def test_a_full_disk_is_one_clear_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    monkeypatch.setattr(torch, "save", save_to_a_full_disk)
+    assert train_main([*FAST, "--total-steps", "1024", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    # torch raises its own RuntimeError ("unexpected pos ..."); the OSError is its context.
+    assert err == f"error: cannot write {out / 'checkpoint.pt'}: No space left on device\n", err
+    assert not list(out.glob(".*.tmp"))  # the partial temporary is gone
+
+
+def test_torch_write_failures_become_write_errors(tmp_path):
+    from pylander.checkpoint import WriteError
+
+    def fails(message):
+        def write(fh):
+            raise RuntimeError(message)
+        return write
+
+    path = tmp_path / "checkpoint.pt"
+    for message, reason in [("PytorchStreamWriter failed writing file data/0: file write failed",
+                             "PytorchStreamWriter failed writing file data/0"),
+                            ("[enforce fail] No space left on device", "No space left on device")]:
+        with pytest.raises(WriteError) as info:
+            atomic_write(path, fails(message))
+        assert str(info.value).startswith(f"cannot write {path}: {reason}")
+    with pytest.raises(RuntimeError, match="something else") as info:  # not a write failure
+        atomic_write(path, fails("something else"))
+    assert not isinstance(info.value, OSError)
 
 
 def test_atomic_write_gives_normal_permissions(tmp_path):
@@ -361,6 +414,10 @@ def finished_run(tmp_path_factory) -> Path:
     return out
 
 
+MORE_STEPS = ["--total-steps", "512"]
+"""Resuming ``finished_run`` needs a larger budget (a finished run is not resumed)."""
+
+
 class RunsCode:
     """Unpickling this (unsafely) creates the file SENTINEL: proof that code ran."""
 
@@ -463,7 +520,7 @@ def test_checkpoint_from_another_env_or_network_is_refused(finished_run, tmp_pat
                             (["--hidden-sizes", "32"], "holds a different network"),
                             (["--baseline", "none"], "critic True in the checkpoint, False here"),
                             (["--algo", "notebook"], "holds a different network")]:
-        assert train_main(["--resume", str(run), *flags]) == 1, flags
+        assert train_main(["--resume", str(run), *MORE_STEPS, *flags]) == 1, flags
         err = capsys.readouterr().err
         assert fragment in err and "Traceback" not in err, (flags, err)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
@@ -474,7 +531,7 @@ def test_resume_from_a_corrupted_checkpoint_is_a_clear_error(finished_run, tmp_p
     shutil.copytree(finished_run, run)
     data = (run / "checkpoint.pt").read_bytes()
     (run / "checkpoint.pt").write_bytes(data[: len(data) // 3])
-    assert train_main(["--resume", str(run)]) == 1
+    assert train_main(["--resume", str(run), *MORE_STEPS]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "truncated or corrupted" in err
 
@@ -485,7 +542,7 @@ def test_checkpoint_state_that_does_not_fit_is_a_checkpoint_error(finished_run, 
     payload = load_checkpoint(run / "checkpoint.pt")
     payload["algorithm"]["sample_generator"] = torch.zeros(3, dtype=torch.uint8)
     torch.save(payload, run / "checkpoint.pt")
-    assert train_main(["--resume", str(run)]) == 1
+    assert train_main(["--resume", str(run), *MORE_STEPS]) == 1
     assert "does not fit this run" in capsys.readouterr().err
 
 

@@ -79,13 +79,15 @@ class Entry:
     """``module:Class`` of the algorithm, imported only when it is used."""
     defaults: dict[str, Any] = field(default_factory=dict)
     """Settings this algorithm uses unless they are given (see ``TrainConfig``)."""
+    single_process: bool = False
+    """It cannot train data-parallel (``--procs``/torchrun refuse it before starting)."""
 
 
 REGISTRY: dict[str, Entry] = {
     "reinforce": Entry("pylander.algorithms.reinforce:Reinforce"),
     # The notebook's constants (its lr 1e-3 is fixed inside its PolicyNetwork).
     "notebook": Entry("pylander.algorithms.notebook:NotebookReinforce",
-                      {"gamma": 0.99, "alpha": 0.01, "num_envs": 1}),
+                      {"gamma": 0.99, "alpha": 0.01, "num_envs": 1}, single_process=True),
 }
 
 ALIASES = {"seed": "notebook"}

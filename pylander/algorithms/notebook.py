@@ -24,7 +24,7 @@ from pylander import ops, reference
 from pylander.algorithms import Iteration, check_parameters
 from pylander.algorithms.adam_scan import apply_adam_scan
 from pylander.config import TrainConfig
-from pylander.envs import check_spaces
+from pylander.envs import check_spaces, make_env
 
 
 class NotebookReinforce:
@@ -45,7 +45,7 @@ class NotebookReinforce:
         if comm.world_size > 1:
             raise ValueError("--algo notebook is the single-process notebook; run it without "
                              "--procs/torchrun")
-        env = gym.make(config.env_id)
+        env = make_env(config.env_id, config.env_kwargs)
         try:
             return cls(config, env, *check_spaces(env, config.env_id), device)
         except BaseException:
