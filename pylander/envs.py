@@ -83,3 +83,20 @@ def make_vector_env(env_id: str, num_envs: int, mode: str = "sync",
     if mode == "async":
         return gym.vector.AsyncVectorEnv(fns)
     return gym.vector.SyncVectorEnv(fns)
+
+
+def check_trainable(env_id: str, env_kwargs: dict | None = None) -> None:
+    """Raise ValueError, naming the problem, unless pylander can train on ``env_id``: a known id
+    whose env can be made (with ``env_kwargs``) and has a flat Box observation and Discrete
+    action space."""
+    env_id = resolve_env_id(env_id, announce=False)
+    try:
+        env = make_env(env_id, env_kwargs)
+    except Exception as exc:  # missing extras (DependencyNotInstalled), bad kwargs, ...
+        kwargs = f" with --env-kwargs {env_kwargs}" if env_kwargs else ""
+        raise ValueError(f"{env_id} cannot be created{kwargs}: {type(exc).__name__}: "
+                         f"{exc}") from None
+    try:
+        check_spaces(env, env_id)
+    finally:
+        env.close()

@@ -183,6 +183,26 @@ def finished(out: Path, total_steps: int) -> str | None:
             f"above {max(steps, budget)} (--total-steps)")
 
 
+def check(out: Path, config: TrainConfig, *, resume: bool, force: bool) -> None:
+    """Raise :class:`RunDirectoryError` unless a run may start (or, with ``resume``, go on) in
+    ``out``: a new run needs a directory that holds none (or ``force`` to replace it); a resumed
+    one needs a checkpoint and a budget left."""
+    if resume:
+        if not (out / "checkpoint.pt").is_file():
+            raise RunDirectoryError(
+                f"--resume {out}: no checkpoint.pt there to resume from (the run stopped before "
+                f"its first checkpoint); start it again with --out {out} --force")
+        done = finished(out, config.total_steps)
+        if done:
+            raise RunDirectoryError(f"--resume {out}: {done}")
+        return
+    held = markers(out)
+    if held and not force:
+        raise RunDirectoryError(
+            f"--out {out} already holds a run ({', '.join(held)}); use --resume {out} to "
+            "continue it, --force to replace it, or another --out")
+
+
 def clear(out: Path) -> None:
     """Delete the run files in ``out`` (for ``--force``); other files and the lock stay."""
     for path in out.iterdir():

@@ -151,23 +151,12 @@ MAX_SEED = 2**63
 
 def check_env(config: TrainConfig, parser: argparse.ArgumentParser) -> None:
     """Fail with a usage error, before anything is written, for an env pylander cannot train."""
-    from pylander.envs import check_spaces, make_env, resolve_env_id
+    from pylander.envs import check_trainable
 
     try:
-        env_id = resolve_env_id(config.env_id, announce=False)
+        check_trainable(config.env_id, config.env_kwargs)
     except ValueError as exc:
         parser.error(f"--env: {exc}")
-    try:
-        env = make_env(env_id, config.env_kwargs)
-    except Exception as exc:  # missing extras (DependencyNotInstalled), bad kwargs, ...
-        kwargs = f" with --env-kwargs {config.env_kwargs}" if config.env_kwargs else ""
-        parser.error(f"--env {env_id} cannot be created{kwargs}: {type(exc).__name__}: {exc}")
-    try:
-        check_spaces(env, env_id)
-    except ValueError as exc:
-        parser.error(f"--env: {exc}")
-    finally:
-        env.close()
 
 
 def check_launch(config: TrainConfig, procs: int, parser: argparse.ArgumentParser) -> None:
@@ -187,18 +176,10 @@ def check_launch(config: TrainConfig, procs: int, parser: argparse.ArgumentParse
 def check_out_dir(out: Path, config: TrainConfig, *, resume: bool, force: bool,
                   parser: argparse.ArgumentParser) -> None:
     """Refuse to mix two runs in one directory, or to resume one that is finished."""
-    if resume:
-        if not (out / "checkpoint.pt").is_file():
-            parser.error(f"--resume {out}: no checkpoint.pt there to resume from (the run stopped "
-                         f"before its first checkpoint); start it again with --out {out} --force")
-        done = rundir.finished(out, config.total_steps)
-        if done:
-            parser.error(f"--resume {out}: {done}")
-        return
-    held = rundir.markers(out)
-    if held and not force:
-        parser.error(f"--out {out} already holds a run ({', '.join(held)}); use --resume {out} "
-                     "to continue it, --force to replace it, or another --out")
+    try:
+        rundir.check(out, config, resume=resume, force=force)
+    except rundir.RunDirectoryError as exc:
+        parser.error(str(exc))
 
 
 def claim_out_dir(out: Path, config: TrainConfig, stack: contextlib.ExitStack, *, resume: bool,
