@@ -6,6 +6,7 @@ fake kernels and autograd formulas; the typed Python entry points live in :mod:`
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 from pathlib import Path
 
@@ -47,4 +48,15 @@ from pylander import ops  # noqa: E402  (fake kernels and autograd formulas)
 __version__ = "0.1.0"
 CUDA_KERNELS: bool = bool(_C.cuda_kernels)
 
-__all__ = ["ops", "CUDA_KERNELS", "__version__"]
+# The Python API, imported on first use so that `import pylander` stays light.
+_API = {"TrainConfig": "pylander.config", "train": "pylander.api", "TrainResult": "pylander.api",
+        "Agent": "pylander.agent", "Callback": "pylander.hooks", "UpdateInfo": "pylander.hooks"}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'pylander' has no attribute {name!r}")
+
+
+__all__ = ["ops", "CUDA_KERNELS", "__version__", *_API]

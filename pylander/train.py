@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import types
 import tomllib
 from pathlib import Path
 from typing import Any, NoReturn, get_args, get_origin, get_type_hints
@@ -257,6 +258,19 @@ def run_training(config: TrainConfig, *, resume: bool, main_rank: bool) -> int:
         shutdown()
     return 0
 
+
+class _CallableModule(types.ModuleType):
+    """``pylander.train`` names both this command-line module and the API's :func:`train`
+    (``from pylander import train``). Importing the module rebinds the package's attribute to
+    it, so the module is callable too, as the function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from pylander.api import train
+
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())
