@@ -81,6 +81,12 @@ def test_onnx_matches_predict_on_real_observations(agent, onnx_file, observation
     assert np.array_equal(out["actions"], agent.predict(observations))
     assert out["one"].tolist() == [agent.predict(observations[0])]  # the batch axis is dynamic
     np.testing.assert_allclose(out["logits"], agent.logits(observations).numpy(), atol=1e-5)
+    # The policy standardises its observations (normalize_obs): the graph does it too.
+    normalizer = agent.policy.net.normalizer
+    assert normalizer is not None and normalizer.count.item() > 0
+    raw = normalizer.__class__(4)  # identity statistics
+    assert not np.allclose(out["logits"], agent.policy.net.actor(raw(torch.as_tensor(
+        observations))).detach().numpy(), atol=1e-3)
     assert info["dtypes"] == ["float32", "int64"]
     assert info["meta"]["pylander.env_id"] == "CartPole-v1"
     assert info["meta"]["pylander.obs_size"] == "4"
