@@ -21,6 +21,7 @@ from pylander.algorithms import canonical_name
 
 Baseline = Literal["value", "mean", "none"]
 VectorMode = Literal["sync", "async"]
+EnvBackend = Literal["gymnasium", "envpool"]
 Device = Literal["cpu", "cuda", "auto"]
 
 
@@ -55,6 +56,9 @@ class TrainConfig:
     # --- environments ----------------------------------------------------------------------
     num_envs: int = setting(16, "parallel environments per process (notebook: 1)", per_algorithm=True)
     vector: VectorMode = setting("sync", "sync: envs in this process; async: one worker process each")
+    env_backend: EnvBackend = setting(
+        "gymnasium", "whose envs training steps: gymnasium's, or envpool's C++ ones (faster; "
+        "pip install 'pylander[envpool]'); evaluation and video always use gymnasium's")
     num_steps: int = setting(128, "steps per env per update (rollout length)")
 
     # --- policy gradient -------------------------------------------------------------------
@@ -130,6 +134,16 @@ class TrainConfig:
             choices = f.metadata.get("choices") or get_args(get_type_hints(TrainConfig)[f.name])
             if choices and isinstance(choices[0], str) and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
+        if self.env_backend == "envpool":
+            if self.algo == "notebook":
+                raise ValueError("env_backend envpool needs --algo reinforce; the notebook steps "
+                                 "one gymnasium env (use --env-backend gymnasium)")
+            if self.vector == "async":
+                raise ValueError("vector async runs gymnasium envs in worker processes; "
+                                 "env_backend envpool needs --vector sync")
+            from pylander.envpool_backend import check_supported  # imports envpool: only if used
+
+            check_supported(self.env_id)
 
     # --- TOML ------------------------------------------------------------------------------
 

@@ -41,12 +41,20 @@ def reward_threshold(env_id: str) -> float | None:
     return gym.spec(env_id).reward_threshold
 
 
-def make_vector_env(env_id: str, num_envs: int, mode: str = "sync") -> gym.vector.VectorEnv:
+def make_vector_env(env_id: str, num_envs: int, mode: str = "sync",
+                    backend: str = "gymnasium") -> gym.vector.VectorEnv:
     """A vector env in gymnasium's default NEXT_STEP autoreset mode (see rollout.py).
 
     ``async`` steps the envs in worker processes (worth it with 2+ spare cores); the workers run
-    only gymnasium code, so the default fork start method is safe.
+    only gymnasium code, so the default fork start method is safe. ``backend="envpool"`` steps
+    envpool's C++ envs in this process instead (``envpool_backend.py``; ``mode`` is unused).
     """
+    if backend == "envpool":
+        from pylander.envpool_backend import EnvpoolVectorEnv  # an optional dependency
+
+        return EnvpoolVectorEnv(env_id, num_envs)
+    if backend != "gymnasium":
+        raise ValueError(f"backend must be 'gymnasium' or 'envpool', got {backend!r}")
     fns = [lambda: gym.make(env_id) for _ in range(num_envs)]
     if mode == "async":
         return gym.vector.AsyncVectorEnv(fns)
