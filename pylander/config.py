@@ -28,6 +28,7 @@ from pylander.envs import env_name
 
 Baseline = Literal["value", "mean", "none"]
 VectorMode = Literal["sync", "async"]
+EnvBackend = Literal["gymnasium", "envpool"]
 Device = Literal["cpu", "cuda", "auto"]
 
 
@@ -66,6 +67,9 @@ class TrainConfig:
     num_envs: int = _envs(16, "parallel environments per process (notebook: 1)", per_algorithm=True)
     vector: VectorMode = _envs("sync", "sync: envs in this process; async: one worker process "
                                "each", runtime=True)
+    env_backend: EnvBackend = _envs(
+        "gymnasium", "whose envs training steps: gymnasium's, or envpool's C++ ones (faster; "
+        "pip install 'pylander[envpool]'); evaluation and video always use gymnasium's")
     num_steps: int = _envs(128, "steps per env per update (rollout length)")
 
     # --- run -------------------------------------------------------------------------------
@@ -179,6 +183,16 @@ class TrainConfig:
             if choices and isinstance(choices[0], str) and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {list(choices)}, "
                                  f"got {getattr(self, f.name)!r}")
+        if self.env_backend == "envpool":
+            if self.algo == "notebook":
+                raise ValueError("env_backend envpool needs --algo reinforce; the notebook steps "
+                                 "one gymnasium env (use --env-backend gymnasium)")
+            if self.vector == "async":
+                raise ValueError("vector async runs gymnasium envs in worker processes; "
+                                 "env_backend envpool needs --vector sync")
+            from pylander.envpool_backend import check_supported  # imports envpool: only if used
+
+            check_supported(self.env_id)
 
     # --- TOML ------------------------------------------------------------------------------
 

@@ -72,13 +72,23 @@ def reward_threshold(env_id: str) -> float | None:
 
 
 def make_vector_env(env_id: str, num_envs: int, mode: str = "sync",
-                    env_kwargs: dict[str, Any] | None = None) -> gym.vector.VectorEnv:
+                    env_kwargs: dict[str, Any] | None = None,
+                    backend: str = "gymnasium") -> gym.vector.VectorEnv:
     """``num_envs`` of :func:`make_env` as a vector env in gymnasium's default NEXT_STEP
     autoreset mode (see rollout.py).
 
     ``async`` steps the envs in worker processes (worth it with 2+ spare cores); the workers run
-    only gymnasium code, so the default fork start method is safe.
+    only gymnasium code, so the default fork start method is safe. ``backend="envpool"`` steps
+    envpool's C++ envs in this process instead (``envpool_backend.py``; ``mode`` is unused).
     """
+    if backend == "envpool":
+        from pylander.envpool_backend import EnvpoolVectorEnv  # an optional dependency
+
+        if env_kwargs:
+            raise ValueError("--env-kwargs are for gymnasium's envs; envpool takes none here")
+        return EnvpoolVectorEnv(env_id, num_envs)
+    if backend != "gymnasium":
+        raise ValueError(f"backend must be 'gymnasium' or 'envpool', got {backend!r}")
     fns = [lambda: make_env(env_id, env_kwargs) for _ in range(num_envs)]
     if mode == "async":
         return gym.vector.AsyncVectorEnv(fns)

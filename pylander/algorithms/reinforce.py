@@ -60,7 +60,8 @@ class Reinforce:
 
     @classmethod
     def build(cls, config: TrainConfig, device: torch.device, comm: Collective) -> Reinforce:
-        envs = make_vector_env(config.env_id, config.num_envs, config.vector, config.env_kwargs)
+        envs = make_vector_env(config.env_id, config.num_envs, config.vector, config.env_kwargs,
+                               config.env_backend)
         try:
             return cls(config, envs, *check_spaces(envs, config.env_id), device, comm)
         except BaseException:
