@@ -92,7 +92,7 @@ def plan(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPa
         flags = [*base, "--seed", str(seed), "--out", str(out), "--quiet"]
         config = train_cli.config_from_args(train_parser.parse_args(flags), train_parser)
         if not planned:
-            train_cli.check_env(config.env_id, train_parser)
+            train_cli.check_env(config, train_parser)
         config.env_id = resolve_env_id(config.env_id, announce=False)  # as config.toml holds it
         command = [sys.executable, "-m", "pylander.train", *flags]
         planned.append(Seed(seed, out, config, command, _state(out, config, parser)))

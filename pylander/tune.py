@@ -269,7 +269,7 @@ def search_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         base.validate()
     except ValueError as exc:
         parser.error(f"--config: {exc}")
-    check_env(base.env_id, parser)
+    check_env(base, parser)
     base.env_id = resolve_env_id(base.env_id, announce=False)
     envs = max(NUM_ENVS) if "num_envs" in params else base.num_envs
     steps = max(NUM_STEPS) if "num_steps" in params else base.num_steps
