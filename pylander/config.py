@@ -20,7 +20,7 @@ from pylander.algorithms import REGISTRY as ALGORITHMS
 from pylander.algorithms import canonical_name
 
 Baseline = Literal["value", "mean", "none"]
-VectorMode = Literal["sync", "async"]
+VectorMode = Literal["sync", "async", "split", "auto"]
 Device = Literal["cpu", "cuda", "auto"]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gymnasium as gym
 
+from pylander.split_env import SplitVectorEnv, resolve_vector_mode
+
 # Renamed ids: the notebook used LunarLander-v2, which gymnasium 1.x no longer registers.
 ALIASES = {"LunarLander-v2": "LunarLander-v3"}
 
@@ -45,9 +47,14 @@ def make_vector_env(env_id: str, num_envs: int, mode: str = "sync") -> gym.vecto
     """A vector env in gymnasium's default NEXT_STEP autoreset mode (see rollout.py).
 
     ``async`` steps the envs in worker processes (worth it with 2+ spare cores); the workers run
-    only gymnasium code, so the default fork start method is safe.
+    only gymnasium code, so the default fork start method is safe. ``split`` steps half of them
+    in one worker process, overlapped with the other half here (:mod:`pylander.split_env`);
+    ``auto`` is ``split`` where this process has a second core, else ``sync``.
     """
     fns = [lambda: gym.make(env_id) for _ in range(num_envs)]
+    mode = resolve_vector_mode(mode, num_envs)
     if mode == "async":
         return gym.vector.AsyncVectorEnv(fns)
+    if mode == "split":
+        return SplitVectorEnv(fns)
     return gym.vector.SyncVectorEnv(fns)
