@@ -54,7 +54,10 @@ class TrainConfig:
 
     # --- environments ----------------------------------------------------------------------
     num_envs: int = setting(16, "parallel environments per process (notebook: 1)", per_algorithm=True)
-    vector: VectorMode = setting("sync", "sync: envs in this process; async: one worker process each")
+    vector: VectorMode = setting(
+        "sync", "sync: envs in this process; split: half of them in one worker process, stepped "
+        "alongside the other half (the same run as sync); auto: split with a second core, else "
+        "sync; async: one worker process each")
     num_steps: int = setting(128, "steps per env per update (rollout length)")
 
     # --- policy gradient -------------------------------------------------------------------

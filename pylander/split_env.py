@@ -74,7 +74,10 @@ def _die_with_parent(parent_pid: int) -> None:
 def _worker(env_fns: list, shared: _Shared, conn, parent_conn, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     parent_conn.close()  # else this process holds the pipe open and never sees the parent go
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Ctrl-C or a SIGTERM sent to the whole process group is the parent's to handle (it saves a
+    # checkpoint, then closes this env); this process ends with the parent.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     envs = None
     try:
         envs = gym.vector.SyncVectorEnv(env_fns)
