@@ -27,7 +27,7 @@ from pylander.envs import ALIASES as ENV_ALIASES
 from pylander.envs import env_name
 
 Baseline = Literal["value", "mean", "none"]
-VectorMode = Literal["sync", "async"]
+VectorMode = Literal["sync", "async", "split", "auto"]
 EnvBackend = Literal["gymnasium", "envpool"]
 Device = Literal["cpu", "cuda", "auto"]
 
@@ -65,8 +65,10 @@ class TrainConfig:
                                        "KEY=VALUE; a VALUE is read as TOML or JSON if it can be, "
                                        "else as a string", flag="--env-kwargs")
     num_envs: int = _envs(16, "parallel environments per process (notebook: 1)", per_algorithm=True)
-    vector: VectorMode = _envs("sync", "sync: envs in this process; async: one worker process "
-                               "each", runtime=True)
+    vector: VectorMode = _envs(
+        "sync", "sync: envs in this process; split: half of them in one worker process, stepped "
+        "alongside the other half (the same run as sync); auto: split with a second core, else "
+        "sync; async: one worker process each", runtime=True)
     env_backend: EnvBackend = _envs(
         "gymnasium", "whose envs training steps: gymnasium's, or envpool's C++ ones (faster; "
         "pip install 'pylander[envpool]'); evaluation and video always use gymnasium's")

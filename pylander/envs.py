@@ -14,6 +14,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from pylander.split_env import SplitVectorEnv, resolve_vector_mode
+
 # Renamed ids: the notebook used LunarLander-v2, which gymnasium 1.x no longer registers.
 ALIASES = {"LunarLander-v2": "LunarLander-v3"}
 
@@ -78,8 +80,11 @@ def make_vector_env(env_id: str, num_envs: int, mode: str = "sync",
     autoreset mode (see rollout.py).
 
     ``async`` steps the envs in worker processes (worth it with 2+ spare cores); the workers run
-    only gymnasium code, so the default fork start method is safe. ``backend="envpool"`` steps
-    envpool's C++ envs in this process instead (``envpool_backend.py``; ``mode`` is unused).
+    only gymnasium code, so the default fork start method is safe. ``split`` steps half of them
+    in one worker process, overlapped with the other half here (:mod:`pylander.split_env`);
+    ``auto`` is ``split`` where this process has a second core, else ``sync``.
+    ``backend="envpool"`` steps envpool's C++ envs in this process instead
+    (``envpool_backend.py``; ``mode`` is unused).
     """
     if backend == "envpool":
         from pylander.envpool_backend import EnvpoolVectorEnv  # an optional dependency
@@ -90,8 +95,11 @@ def make_vector_env(env_id: str, num_envs: int, mode: str = "sync",
     if backend != "gymnasium":
         raise ValueError(f"backend must be 'gymnasium' or 'envpool', got {backend!r}")
     fns = [lambda: make_env(env_id, env_kwargs) for _ in range(num_envs)]
+    mode = resolve_vector_mode(mode, num_envs)
     if mode == "async":
         return gym.vector.AsyncVectorEnv(fns)
+    if mode == "split":
+        return SplitVectorEnv(fns)
     return gym.vector.SyncVectorEnv(fns)
 
 

@@ -10,7 +10,6 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from pylander import ops
 
@@ -70,6 +69,8 @@ class ActorCritic(nn.Module):
         self.actor = mlp([obs_size, *hidden_sizes, num_actions], out_gain=0.01)
         self.critic = mlp([obs_size, *hidden_sizes, 1], out_gain=1.0) if critic else None
         self.normalizer = ObsNormalizer(obs_size) if normalize_obs else None
+        self._actor_linears = [m for m in self.actor if isinstance(m, nn.Linear)]  # for act()
+        self._act_outputs: dict[tuple, list[Tensor]] = {}  # act()'s layer outputs, by input kind
 
     def _inputs(self, obs: Tensor) -> Tensor:
         return obs if self.normalizer is None else self.normalizer(obs)
@@ -84,13 +85,26 @@ class ActorCritic(nn.Module):
             raise RuntimeError("this policy was built without a critic (baseline != 'value')")
         return self.critic(self._inputs(obs)).squeeze(-1)
 
-    @torch.inference_mode()
     def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Sample actions with the native sampler (called once per env step)."""
-        # The same ops as self.actor(obs), without nn.Module call overhead: ~40% of the call.
+        """Sample actions ``[B]`` for ``obs`` ``[B, obs_size]`` with the native sampler.
+
+        Called once per env step, so it computes exactly what ``self.actor`` does (addmm is what
+        ``F.linear`` runs) in as few dispatches as it can: no module calls, tanh in place, and
+        layer outputs written into buffers kept from one call to the next (about 40% faster).
+        """
+        if not torch.is_inference_mode_enabled():
+            with torch.inference_mode():
+                return self.act(obs, generator)
         x = self._inputs(obs)
-        for layer in self.actor:
-            x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else torch.tanh(x)
+        key = (x.shape[0], x.dtype, x.device)
+        outputs = self._act_outputs.get(key)
+        if outputs is None:
+            outputs = [x.new_empty(x.shape[0], layer.out_features) for layer in self._actor_linears]
+            self._act_outputs = {key: outputs}  # one batch size in use at a time
+        for i, (layer, out) in enumerate(zip(self._actor_linears, outputs)):
+            if i > 0:  # Linear, Tanh, Linear, ..., Linear
+                torch.tanh_(x)
+            x = torch.addmm(layer.bias, x, layer.weight.t(), out=out)
         actions, _ = ops.sample_categorical(x, generator)
         return actions
 
