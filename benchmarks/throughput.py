@@ -35,8 +35,9 @@ def child(updates: int, vector: str, warmup: int) -> dict:
 
     torch.set_num_threads(1)
     out = tempfile.mkdtemp(prefix="throughput-")
-    config = TrainConfig(vector=vector, quiet=True, eval_episodes=1, out=out,
-                         checkpoint_interval=10_000)
+    config = TrainConfig(
+        vector=vector, quiet=True, eval_episodes=1, out=out, checkpoint_interval=10_000
+    )
     config.total_steps = updates * config.num_envs * config.num_steps
     envs = make_vector_env(config.env_id, config.num_envs, "sync")
     envs.reset(seed=123)
@@ -59,13 +60,19 @@ def child(updates: int, vector: str, warmup: int) -> dict:
     train(config, callbacks=[after_update])
     envs.close()
     # The first update also pays for building the algorithm; the first few warm caches up.
-    (trainer, trainer_cpu), (env, env_cpu) = (map(sum, zip(*s[warmup:])) for s in (trainer_s, env_s))
+    (trainer, trainer_cpu), (env, env_cpu) = (
+        map(sum, zip(*s[warmup:])) for s in (trainer_s, env_s)
+    )
     steps = (len(trainer_s) - warmup) * config.num_envs * config.num_steps
     # cpu_ratio: the same ratio in this process's CPU time, which other load on the machine
     # disturbs far less; with --vector split it leaves out the worker (it counts the main
     # process, the one that waits for the other).
-    return {"trainer_steps_per_s": steps / trainer, "env_steps_per_s": steps / env,
-            "ratio": env / trainer, "cpu_ratio": env_cpu / trainer_cpu}
+    return {
+        "trainer_steps_per_s": steps / trainer,
+        "env_steps_per_s": steps / env,
+        "ratio": env / trainer,
+        "cpu_ratio": env_cpu / trainer_cpu,
+    }
 
 
 def main() -> None:
@@ -88,14 +95,28 @@ def main() -> None:
             mode, _, cpus = case.partition("@")
             if mode not in ("sync", "async") and name == "before":
                 continue  # modes the old code lacks
-            command = [sys.executable, __file__, "--child", mode, "--updates", str(args.updates),
-                       "--warmup", str(args.warmup)]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                mode,
+                "--updates",
+                str(args.updates),
+                "--warmup",
+                str(args.warmup),
+            ]
             if cpus:
                 command = ["taskset", "-c", cpus, *command]
-            env = {**os.environ, "PYTHONPATH": os.path.abspath(impls[name]),
-                   "PYLANDER_NO_TQDM": "1"}
-            line = subprocess.run(command, env=env, check=True, capture_output=True,
-                                  text=True).stdout.strip().splitlines()[-1]
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.path.abspath(impls[name]),
+                "PYLANDER_NO_TQDM": "1",
+            }
+            line = (
+                subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             results[(name, case)].append(json.loads(line))
             print(f"round {round_ + 1} {name:>8} {case:>8}: {line}", flush=True)
     print(f"\n{'impl':>8} {'case':>8} {'ratio (median)':>15} {'all':>24} {'cpu_ratio':>10}")
@@ -103,8 +124,10 @@ def main() -> None:
         if got:
             ratios = [r["ratio"] for r in got]
             cpu = statistics.median(r["cpu_ratio"] for r in got)
-            print(f"{name:>8} {case:>8} {statistics.median(ratios):>15.3f} "
-                  f"{' '.join(f'{r:.3f}' for r in ratios):>24} {cpu:>10.3f}")
+            print(
+                f"{name:>8} {case:>8} {statistics.median(ratios):>15.3f} "
+                f"{' '.join(f'{r:.3f}' for r in ratios):>24} {cpu:>10.3f}"
+            )
 
 
 if __name__ == "__main__":

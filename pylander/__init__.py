@@ -25,7 +25,8 @@ def _use_installed_native_module() -> None:
         raise ImportError(
             f"pylander's native module is missing from {__path__[0]} and pylander is not "
             "installed: build and install it with `pip install --no-build-isolation .` "
-            "(see README.md)")
+            "(see README.md)"
+        )
     __path__.append(str(installed))
 
 
@@ -49,8 +50,14 @@ __version__ = "0.1.0"
 CUDA_KERNELS: bool = bool(_C.cuda_kernels)
 
 # The Python API, imported on first use so that `import pylander` stays light.
-_API = {"TrainConfig": "pylander.config", "train": "pylander.api", "TrainResult": "pylander.api",
-        "Agent": "pylander.agent", "Callback": "pylander.hooks", "UpdateInfo": "pylander.hooks"}
+_API = {
+    "TrainConfig": "pylander.config",
+    "train": "pylander.api",
+    "TrainResult": "pylander.api",
+    "Agent": "pylander.agent",
+    "Callback": "pylander.hooks",
+    "UpdateInfo": "pylander.hooks",
+}
 
 
 def __getattr__(name: str):

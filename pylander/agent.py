@@ -11,8 +11,9 @@ actions alone: these policies are feed-forward and have no recurrent state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -34,8 +35,9 @@ class PolicyModule(nn.Module):
     :mod:`pylander.export` traces. ``obs_transform`` is where an observation normaliser goes.
     """
 
-    def __init__(self, policy: nn.Module | Callable[[Tensor], Tensor],
-                 obs_transform: nn.Module | None = None):
+    def __init__(
+        self, policy: nn.Module | Callable[[Tensor], Tensor], obs_transform: nn.Module | None = None
+    ):
         super().__init__()
         # A bound method such as ActorCritic.logits: register its module, so that its
         # parameters belong to this one (for .to(), export and state_dict), and call the method.
@@ -45,8 +47,10 @@ class PolicyModule(nn.Module):
         elif isinstance(owner, nn.Module):
             self.net, self._method = owner, policy.__name__
         else:
-            raise TypeError("policy must be an nn.Module or a method of one (e.g. "
-                            f"ActorCritic.logits), got {type(policy).__name__}")
+            raise TypeError(
+                "policy must be an nn.Module or a method of one (e.g. "
+                f"ActorCritic.logits), got {type(policy).__name__}"
+            )
         self.obs_transform = obs_transform if obs_transform is not None else nn.Identity()
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -68,10 +72,18 @@ class Agent:
     generator of stochastic :meth:`predict`.
     """
 
-    def __init__(self, policy: nn.Module | Callable[[Tensor], Tensor], env_id: str, *,
-                 obs_size: int | None = None, num_actions: int | None = None,
-                 algo: str = "unknown", obs_transform: nn.Module | None = None,
-                 checkpoint_path: str | Path | None = None, seed: int | None = None):
+    def __init__(
+        self,
+        policy: nn.Module | Callable[[Tensor], Tensor],
+        env_id: str,
+        *,
+        obs_size: int | None = None,
+        num_actions: int | None = None,
+        algo: str = "unknown",
+        obs_transform: nn.Module | None = None,
+        checkpoint_path: str | Path | None = None,
+        seed: int | None = None,
+    ):
         self.policy = PolicyModule(policy, obs_transform).eval()
         if obs_size is None or num_actions is None:
             env = gym.make(env_id)
@@ -93,7 +105,7 @@ class Agent:
     # --- construction ------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | Path, *, seed: int | None = None) -> "Agent":
+    def load(cls, path: str | Path, *, seed: int | None = None) -> Agent:
         """Load the policy of a checkpoint file, or of a run directory (its ``best.pt``, else its
         ``checkpoint.pt``). Raises :class:`~pylander.checkpoint.CheckpointError` if there is
         none or it is damaged."""
@@ -101,8 +113,15 @@ class Agent:
         payload = load_checkpoint(file)
         policy, env_id = _policy_from_payload(payload)
         arch = payload["architecture"]
-        return cls(policy, env_id, obs_size=arch["obs_size"], num_actions=arch["num_actions"],
-                   algo=arch["algo"], checkpoint_path=file, seed=seed)
+        return cls(
+            policy,
+            env_id,
+            obs_size=arch["obs_size"],
+            num_actions=arch["num_actions"],
+            algo=arch["algo"],
+            checkpoint_path=file,
+            seed=seed,
+        )
 
     def seed(self, seed: int | None = None) -> None:
         """Reseed stochastic :meth:`predict`; ``None`` draws a fresh, unpredictable seed."""
@@ -137,8 +156,10 @@ class Agent:
 
     def __repr__(self) -> str:
         source = f", checkpoint={str(self._checkpoint_path)!r}" if self._checkpoint_path else ""
-        return (f"Agent(env_id={self._env_id!r}, algo={self._algo!r}, obs_size={self._obs_size}, "
-                f"num_actions={self._num_actions}{source})")
+        return (
+            f"Agent(env_id={self._env_id!r}, algo={self._algo!r}, obs_size={self._obs_size}, "
+            f"num_actions={self._num_actions}{source})"
+        )
 
     # --- acting ------------------------------------------------------------------------------
 
@@ -171,16 +192,24 @@ class Agent:
         actions = actions.cpu().numpy().astype(np.int64, copy=False)
         return int(actions[0]) if single else actions
 
-    def evaluate(self, episodes: int = 100, seed: int = 0, deterministic: bool = True,
-                 num_envs: int = 16) -> np.ndarray:
+    def evaluate(
+        self, episodes: int = 100, seed: int = 0, deterministic: bool = True, num_envs: int = 16
+    ) -> np.ndarray:
         """Play ``episodes`` fresh episodes of :attr:`env_id`; returns their returns (float64,
         length ``episodes``). Episode seeds derive from ``seed`` and differ from training's."""
         from pylander.evaluate import evaluate
 
         if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes <= 0:
             raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
-        return evaluate(self.policy, self._env_id, episodes, seed, stochastic=not deterministic,
-                        num_envs=num_envs, device=self.device)
+        return evaluate(
+            self.policy,
+            self._env_id,
+            episodes,
+            seed,
+            stochastic=not deterministic,
+            num_envs=num_envs,
+            device=self.device,
+        )
 
     def _as_batch(self, obs: Any) -> tuple[Tensor, bool]:
         """``obs`` as a ``[B, obs_size]`` tensor on the policy's device; and whether it was one."""
@@ -192,14 +221,18 @@ class Agent:
             try:
                 array = np.asarray(obs, order="C")  # torch takes no negative strides
             except (ValueError, TypeError) as exc:  # e.g. a ragged list
-                raise ValueError(f"obs must be an array of numbers, got a {type(obs).__name__} "
-                                 f"numpy cannot convert ({str(exc).split('.')[0]})") from None
+                raise ValueError(
+                    f"obs must be an array of numbers, got a {type(obs).__name__} "
+                    f"numpy cannot convert ({str(exc).split('.')[0]})"
+                ) from None
             if array.dtype.kind not in "iuf":
                 raise ValueError(f"obs must hold real numbers, got dtype {array.dtype}")
             x = torch.from_numpy(array)
         if x.dim() not in (1, 2) or x.shape[-1] != self._obs_size:
-            raise ValueError(f"obs must have shape [{self._obs_size}] or [batch, {self._obs_size}]"
-                             f" for {self._env_id}, got {list(x.shape)}")
+            raise ValueError(
+                f"obs must have shape [{self._obs_size}] or [batch, {self._obs_size}]"
+                f" for {self._env_id}, got {list(x.shape)}"
+            )
         x = x.to(device=self.device, dtype=self.dtype)
         if not torch.isfinite(x).all():
             raise ValueError("obs contains NaN or infinite values")

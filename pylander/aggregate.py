@@ -59,14 +59,14 @@ def bootstrap(values: np.ndarray, statistic, reps: int, seed: int = 0):
     return statistic(values, axis=0), low, high
 
 
-def iqm_intervals(values: np.ndarray, reps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                             str]:
+def iqm_intervals(values: np.ndarray, reps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """IQM per grid point with stratified-bootstrap 95% intervals: rliable's where it can be
     imported, else the same bootstrap in numpy (one task: stratified is plain resampling)."""
     try:
         from rliable import library as rly
     except Exception:  # not installed, or broken (arch 7.2 fails to import with pandas 3)
         return (*bootstrap(values, iqm, reps), "numpy bootstrap")
+
     # rliable's aggregate_iqm at every grid point, vectorised: one call per point is ~20x slower.
     def per_point(scores: np.ndarray) -> np.ndarray:  # (runs, tasks, points) -> (points,)
         return iqm(scores.reshape(-1, scores.shape[-1]), axis=0)
@@ -75,8 +75,15 @@ def iqm_intervals(values: np.ndarray, reps: int) -> tuple[np.ndarray, np.ndarray
     return point["runs"], interval["runs"][0], interval["runs"][1], "rliable"
 
 
-def plot_curve(path: Path, grid: np.ndarray, values: np.ndarray, metric: str, title: str,
-               threshold: float | None, reps: int) -> dict:
+def plot_curve(
+    path: Path,
+    grid: np.ndarray,
+    values: np.ndarray,
+    metric: str,
+    title: str,
+    threshold: float | None,
+    reps: int,
+) -> dict:
     """Save the curve across runs; returns its numbers (for results.json)."""
     import matplotlib
 
@@ -94,16 +101,25 @@ def plot_curve(path: Path, grid: np.ndarray, values: np.ndarray, metric: str, ti
     ax.fill_between(grid, mid_low, mid_high, color="C1", alpha=0.2)
     if threshold is not None:
         ax.axhline(threshold, color="k", ls="--", lw=0.8, label=f"solved ({threshold:g})")
-    label = "greedy evaluation return" if metric == "eval_mean_return" else \
-        "training return (mean of last 100 episodes)"
+    label = (
+        "greedy evaluation return"
+        if metric == "eval_mean_return"
+        else "training return (mean of last 100 episodes)"
+    )
     ax.set(xlabel="env steps", ylabel=label, title=title)
     ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return {"metric": metric, "steps": grid.tolist(), "mean": mean.tolist(),
-            "mean_ci": [mean_low.tolist(), mean_high.tolist()], "iqm": mid.tolist(),
-            "iqm_ci": [mid_low.tolist(), mid_high.tolist()], "iqm_intervals": how}
+    return {
+        "metric": metric,
+        "steps": grid.tolist(),
+        "mean": mean.tolist(),
+        "mean_ci": [mean_low.tolist(), mean_high.tolist()],
+        "iqm": mid.tolist(),
+        "iqm_ci": [mid_low.tolist(), mid_high.tolist()],
+        "iqm_intervals": how,
+    }
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -111,12 +127,15 @@ def summarize(rows: list[dict]) -> dict:
     done = [r for r in rows if r.get("steps") is not None]
     steps = [r["steps"] for r in done]
     evals = [r["eval_mean_return"] for r in done if r["eval_mean_return"] is not None]
-    return {"runs": len(rows), "finished": len(done),
-            "solved": sum(bool(r["solved"]) for r in done),
-            "median_steps": statistics.median(steps) if steps else None,
-            "worst_steps": max(steps, default=None),
-            "median_eval": statistics.median(evals) if evals else None,
-            "worst_eval": min(evals, default=None)}
+    return {
+        "runs": len(rows),
+        "finished": len(done),
+        "solved": sum(bool(r["solved"]) for r in done),
+        "median_steps": statistics.median(steps) if steps else None,
+        "worst_steps": max(steps, default=None),
+        "median_eval": statistics.median(evals) if evals else None,
+        "worst_eval": min(evals, default=None),
+    }
 
 
 def results_table(rows: list[dict], stats: dict) -> str:
@@ -126,18 +145,26 @@ def results_table(rows: list[dict], stats: dict) -> str:
         if r.get("steps") is None:
             lines.append(f"| {r['seed']} | no result | - | - | - |")
             continue
-        evaluation = "-" if r["eval_mean_return"] is None else \
-            f"{r['eval_mean_return']:.1f} +- {r['eval_std_return']:.1f}"
-        lines.append(f"| {r['seed']} | {'yes' if r['solved'] else 'no'} | {r['steps']:,} | "
-                     f"{evaluation} | {r['seconds']:.0f} |")
+        evaluation = (
+            "-"
+            if r["eval_mean_return"] is None
+            else f"{r['eval_mean_return']:.1f} +- {r['eval_std_return']:.1f}"
+        )
+        lines.append(
+            f"| {r['seed']} | {'yes' if r['solved'] else 'no'} | {r['steps']:,} | "
+            f"{evaluation} | {r['seconds']:.0f} |"
+        )
 
     def fmt(key: str, spec: str) -> str:
         return "-" if stats[key] is None else format(stats[key], spec)
 
-    lines += ["", f"solved {stats['solved']}/{stats['runs']}. Env steps (until solved, with "
-              f"--stop-when-solved): median {fmt('median_steps', ',.0f')}, worst "
-              f"{fmt('worst_steps', ',')}. Final evaluation: median {fmt('median_eval', '.1f')}, "
-              f"worst {fmt('worst_eval', '.1f')}."]
+    lines += [
+        "",
+        f"solved {stats['solved']}/{stats['runs']}. Env steps (until solved, with "
+        f"--stop-when-solved): median {fmt('median_steps', ',.0f')}, worst "
+        f"{fmt('worst_steps', ',')}. Final evaluation: median {fmt('median_eval', '.1f')}, "
+        f"worst {fmt('worst_eval', '.1f')}.",
+    ]
     return "\n".join(lines)
 
 
@@ -152,22 +179,46 @@ def write_report(out: Path, runs: list[tuple[int, Path]], reps: int = 1000) -> s
             rows.append({"seed": seed, "run": str(run)})
             continue
         summaries.append(summary)
-        rows.append({"seed": seed, "run": str(run), **{k: summary.get(k) for k in (
-            "solved", "steps", "eval_mean_return", "eval_std_return", "seconds", "stop_reason")}})
+        rows.append(
+            {
+                "seed": seed,
+                "run": str(run),
+                **{
+                    k: summary.get(k)
+                    for k in (
+                        "solved",
+                        "steps",
+                        "eval_mean_return",
+                        "eval_std_return",
+                        "seconds",
+                        "stop_reason",
+                    )
+                },
+            }
+        )
         metrics.append(read_metrics(run))
     stats = summarize(rows)
     table = results_table(rows, stats)
     result: dict = {"summary": stats, "runs": rows}
     # Compare like with like: the periodic evaluation only if every run has one.
-    metric = "eval_mean_return" if metrics and all(
-        len(curve_of(m, "eval_mean_return")[0]) for m in metrics) else "mean_return"
+    metric = (
+        "eval_mean_return"
+        if metrics and all(len(curve_of(m, "eval_mean_return")[0]) for m in metrics)
+        else "mean_return"
+    )
     curves = [c for c in (curve_of(m, metric) for m in metrics) if len(c[0])]
     if curves:
         grid, values = common_grid(curves)
         first = summaries[0]
-        result["curve"] = plot_curve(out / "curve.png", grid, values, metric,
-                                     f"{first['env']} ({first['algo']}), {len(values)} seeds",
-                                     first.get("reward_threshold"), reps)
+        result["curve"] = plot_curve(
+            out / "curve.png",
+            grid,
+            values,
+            metric,
+            f"{first['env']} ({first['algo']}), {len(values)} seeds",
+            first.get("reward_threshold"),
+            reps,
+        )
     else:
         print("no run has a curve yet: no curve.png", file=sys.stderr)
     (out / "results.md").write_text(table + "\n")

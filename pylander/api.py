@@ -44,12 +44,20 @@ class TrainResult:
     def metrics(self) -> list[dict[str, float]]:
         """``metrics.csv``, one dict per update (a metric missing from an update is NaN)."""
         with open(self.run_dir / "metrics.csv", newline="") as fh:
-            return [{k: float(v) if v != "" else math.nan for k, v in row.items()}
-                    for row in csv.DictReader(fh)]
+            return [
+                {k: float(v) if v != "" else math.nan for k, v in row.items()}
+                for row in csv.DictReader(fh)
+            ]
 
 
-def train(config: TrainConfig | None = None, *, callbacks: Iterable[Any] = (),
-          resume: bool = False, force: bool = False, **settings: Any) -> TrainResult:
+def train(
+    config: TrainConfig | None = None,
+    *,
+    callbacks: Iterable[Any] = (),
+    resume: bool = False,
+    force: bool = False,
+    **settings: Any,
+) -> TrainResult:
     """Train as ``config`` (plus any ``settings``, e.g. ``total_steps=50_000``) says.
 
     The same guards as ``python -m pylander.train``: the env must be trainable, the run
@@ -69,8 +77,9 @@ def train(config: TrainConfig | None = None, *, callbacks: Iterable[Any] = (),
     # TrainConfig(**settings) fills in the algorithm's own defaults (the notebook's gamma...).
     config = TrainConfig(**settings) if config is None else dataclasses.replace(config, **settings)
     if resume:  # the run's own settings, with those given here on top
-        config = TrainConfig.load(config.resolved_out() / "config.toml",
-                                  **{**settings, "out": str(config.resolved_out())})
+        config = TrainConfig.load(
+            config.resolved_out() / "config.toml", **{**settings, "out": str(config.resolved_out())}
+        )
     config.validate()
     check_trainable(config.env_id, config.env_kwargs)
     resolve_device(config.device)

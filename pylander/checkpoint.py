@@ -113,16 +113,24 @@ def _write_failure(exc: BaseException, path: Path) -> WriteError | None:
     return None
 
 
-def save_checkpoint(path: Path, *, env_id: str, architecture: dict, algorithm: dict,
-                    trainer: dict, config: dict) -> None:
-    payload = {"format": FORMAT, "version": VERSION, "env_id": env_id,
-               "architecture": architecture, "algorithm": algorithm, "trainer": trainer,
-               "config": config}
+def save_checkpoint(
+    path: Path, *, env_id: str, architecture: dict, algorithm: dict, trainer: dict, config: dict
+) -> None:
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "env_id": env_id,
+        "architecture": architecture,
+        "algorithm": algorithm,
+        "trainer": trainer,
+        "config": config,
+    }
     atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
-def load_checkpoint(path: str | Path, *, env_id: str | None = None,
-                    architecture: dict | None = None) -> dict:
+def load_checkpoint(
+    path: str | Path, *, env_id: str | None = None, architecture: dict | None = None
+) -> dict:
     """Load and validate a checkpoint; raise :class:`CheckpointError` naming any problem.
 
     The file is checked before anything in it is unpickled: it must be a zip archive (what
@@ -145,8 +153,10 @@ def load_checkpoint(path: str | Path, *, env_id: str | None = None,
     if not magic:
         raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint")
     if magic != ZIP_MAGIC:
-        raise CheckpointError(f"{path} is not a pylander checkpoint (not a torch.save zip "
-                              "archive); it was not unpickled")
+        raise CheckpointError(
+            f"{path} is not a pylander checkpoint (not a torch.save zip "
+            "archive); it was not unpickled"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
@@ -164,25 +174,36 @@ def load_checkpoint(path: str | Path, *, env_id: str | None = None,
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain data ({_unsafe_detail(exc)}), so "
             "it is not a pylander checkpoint; it was not loaded, because unpickling it could run "
-            "code from the file") from None
+            "code from the file"
+        ) from None
     except Exception as exc:  # the unpickler raises KeyError, IndexError, RuntimeError, ...
-        raise CheckpointError(f"{path} is corrupted or not a pylander checkpoint: "
-                              f"{type(exc).__name__}: {_first_line(exc)}") from None
+        raise CheckpointError(
+            f"{path} is corrupted or not a pylander checkpoint: "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from None
     validate_payload(payload, path)
     if env_id is not None and payload["env_id"] != env_id:
         raise CheckpointError(f"{path} was trained on {payload['env_id']}, not {env_id}")
     if architecture is not None and payload["architecture"] != architecture:
         theirs = payload["architecture"]
-        diffs = [f"{key} {theirs.get(key)!r} in the checkpoint, {architecture.get(key)!r} here"
-                 for key in sorted(set(theirs) | set(architecture), key=str)
-                 if theirs.get(key) != architecture.get(key)]
-        raise CheckpointError(f"{path} holds a different network than this run builds: "
-                              + "; ".join(diffs))
+        diffs = [
+            f"{key} {theirs.get(key)!r} in the checkpoint, {architecture.get(key)!r} here"
+            for key in sorted(set(theirs) | set(architecture), key=str)
+            if theirs.get(key) != architecture.get(key)
+        ]
+        raise CheckpointError(
+            f"{path} holds a different network than this run builds: " + "; ".join(diffs)
+        )
     return payload
 
 
-_STRUCTURE = {"env_id": str, "architecture": dict, "algorithm": dict, "trainer": dict,
-              "config": dict}
+_STRUCTURE = {
+    "env_id": str,
+    "architecture": dict,
+    "algorithm": dict,
+    "trainer": dict,
+    "config": dict,
+}
 
 
 def validate_payload(payload: Any, path: Path) -> None:
@@ -190,12 +211,15 @@ def validate_payload(payload: Any, path: Path) -> None:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a torch file but not a pylander checkpoint")
     if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {payload.get('version')!r}, "
-                              f"this pylander reads version {VERSION}")
+        raise CheckpointError(
+            f"{path} has checkpoint version {payload.get('version')!r}, "
+            f"this pylander reads version {VERSION}"
+        )
     for key, kind in _STRUCTURE.items():
         if not isinstance(payload.get(key), kind):
-            raise CheckpointError(f"{path} is damaged: its {key!r} entry is missing or not a "
-                                  f"{kind.__name__}")
+            raise CheckpointError(
+                f"{path} is damaged: its {key!r} entry is missing or not a {kind.__name__}"
+            )
     if not isinstance(payload["algorithm"].get("policy"), dict):
         raise CheckpointError(f"{path} is damaged: it holds no policy parameters")
     if not isinstance(payload["architecture"].get("algo"), str):
@@ -204,7 +228,8 @@ def validate_payload(payload: Any, path: Path) -> None:
     payload["architecture"]["algo"] = canonical_name(payload["architecture"]["algo"])
     trainer = payload["trainer"]
     if not isinstance(trainer.get("counters"), dict) or not isinstance(
-            trainer.get("recent_returns"), list):
+        trainer.get("recent_returns"), list
+    ):
         raise CheckpointError(f"{path} is damaged: its trainer state is incomplete")
 
 

@@ -15,10 +15,11 @@ import math
 import numbers
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import tomllib
 
 from pylander.algorithms import ALIASES as ALGO_ALIASES
 from pylander.algorithms import REGISTRY as ALGORITHMS
@@ -32,8 +33,15 @@ EnvBackend = Literal["gymnasium", "envpool"]
 Device = Literal["cpu", "cuda", "auto"]
 
 
-def setting(default: Any, help: str, *, group: str, per_algorithm: bool = False,
-            runtime: bool = False, **kwargs: Any) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    group: str,
+    per_algorithm: bool = False,
+    runtime: bool = False,
+    **kwargs: Any,
+) -> Any:
     """A config field with its command-line help text (train.py builds its flags from these).
 
     ``group``: the section of ``--help`` it is listed in. ``per_algorithm``: an algorithm's
@@ -58,42 +66,65 @@ _report = functools.partial(setting, group="evaluation, logging, checkpoints")
 @dataclass
 class TrainConfig:
     # --- environments ----------------------------------------------------------------------
-    env_id: str = _envs("LunarLander-v3", "gymnasium env id (discrete actions), or module:EnvId "
-                        "to import the module that registers it; LunarLander-v2 means v3",
-                        flag="--env")
-    env_kwargs: dict[str, Any] = _envs({}, "keyword arguments for the env (gym.make), as "
-                                       "KEY=VALUE; a VALUE is read as TOML or JSON if it can be, "
-                                       "else as a string", flag="--env-kwargs")
+    env_id: str = _envs(
+        "LunarLander-v3",
+        "gymnasium env id (discrete actions), or module:EnvId "
+        "to import the module that registers it; LunarLander-v2 means v3",
+        flag="--env",
+    )
+    env_kwargs: dict[str, Any] = _envs(
+        {},
+        "keyword arguments for the env (gym.make), as "
+        "KEY=VALUE; a VALUE is read as TOML or JSON if it can be, "
+        "else as a string",
+        flag="--env-kwargs",
+    )
     num_envs: int = _envs(16, "parallel environments per process (notebook: 1)", per_algorithm=True)
     vector: VectorMode = _envs(
-        "sync", "sync: envs in this process; split: half of them in one worker process, stepped "
+        "sync",
+        "sync: envs in this process; split: half of them in one worker process, stepped "
         "alongside the other half (the same run as sync); auto: split with a second core, else "
-        "sync; async: one worker process each", runtime=True)
+        "sync; async: one worker process each",
+        runtime=True,
+    )
     env_backend: EnvBackend = _envs(
-        "gymnasium", "whose envs training steps: gymnasium's, or envpool's C++ ones (faster; "
-        "pip install 'pylander[envpool]'); evaluation and video always use gymnasium's")
+        "gymnasium",
+        "whose envs training steps: gymnasium's, or envpool's C++ ones (faster; "
+        "pip install 'pylander[envpool]'); evaluation and video always use gymnasium's",
+    )
     num_steps: int = _envs(128, "steps per env per update (rollout length)")
 
     # --- run -------------------------------------------------------------------------------
-    algo: str = _run("reinforce", "reinforce (batched, solves LunarLander) or notebook (the seed "
-                     "notebook, exactly)", choices=[*ALGORITHMS, *ALGO_ALIASES])
+    algo: str = _run(
+        "reinforce",
+        "reinforce (batched, solves LunarLander) or notebook (the seed notebook, exactly)",
+        choices=[*ALGORITHMS, *ALGO_ALIASES],
+    )
     seed: int = _run(1, "seed for the network, sampling and the envs")
     total_steps: int = _run(3_000_000, "env-step budget, summed over all envs and processes")
     stop_when_solved: bool = _run(
-        False, "stop once the periodic evaluation (else the last 100 training episodes) reaches "
-        "the env's reward threshold and eval_episodes fresh greedy episodes confirm it")
-    device: Device = _run("cpu", "where the policy, sampling and loss run (envs stay on the CPU)",
-                          runtime=True)
-    torch_threads: int = _run(1, "torch intra-op threads per process (1 is fastest for small "
-                              "MLPs)", runtime=True)
-    out: str = _run("", "run directory (default runs/<env>-<algo>-seed<seed>); never read from "
-                    "or written to config.toml")
+        False,
+        "stop once the periodic evaluation (else the last 100 training episodes) reaches "
+        "the env's reward threshold and eval_episodes fresh greedy episodes confirm it",
+    )
+    device: Device = _run(
+        "cpu", "where the policy, sampling and loss run (envs stay on the CPU)", runtime=True
+    )
+    torch_threads: int = _run(
+        1, "torch intra-op threads per process (1 is fastest for small MLPs)", runtime=True
+    )
+    out: str = _run(
+        "",
+        "run directory (default runs/<env>-<algo>-seed<seed>); never read from "
+        "or written to config.toml",
+    )
 
     # --- policy gradient -------------------------------------------------------------------
     gamma: float = _pg(0.999, "discount factor (notebook: 0.99)", per_algorithm=True)
     gae_lambda: float = _pg(0.98, "GAE lambda (baseline=value)")
-    reward_scale: float = _pg(0.01, "multiply rewards by this for learning (logged returns stay "
-                              "raw)")
+    reward_scale: float = _pg(
+        0.01, "multiply rewards by this for learning (logged returns stay raw)"
+    )
     baseline: Baseline = _pg("value", "value: learned critic + GAE; mean: batch-mean return; none")
     normalize_advantages: bool = _pg(True, "normalise advantages per batch")
     ent_coef: float = _pg(0.0, "entropy bonus coefficient")
@@ -103,23 +134,40 @@ class TrainConfig:
     anneal_lr: bool = _pg(True, "anneal the learning rate linearly to 0 over total_steps")
     epochs: int = _pg(4, "passes over each rollout (more than 1 reuses slightly stale data)")
     minibatches: int = _pg(4, "Adam steps per pass, each on a disjoint slice of the rollout")
-    clip_coef: float = _pg(0.0, "PPO's ratio clipping: weight advantages by pi/pi_old, zero "
-                           "outside [1-eps, 1+eps] in the advantage's direction (0: off)")
-    target_kl: float = _pg(0.01, "end an update early once KL(old || new policy) exceeds this "
-                           "(0: never)")
-    normalize_obs: bool = _pg(False, "standardise observations with running statistics (kept in "
-                              "checkpoints, applied by evaluation and export)")
+    clip_coef: float = _pg(
+        0.0,
+        "PPO's ratio clipping: weight advantages by pi/pi_old, zero "
+        "outside [1-eps, 1+eps] in the advantage's direction (0: off)",
+    )
+    target_kl: float = _pg(
+        0.01, "end an update early once KL(old || new policy) exceeds this (0: never)"
+    )
+    normalize_obs: bool = _pg(
+        False,
+        "standardise observations with running statistics (kept in "
+        "checkpoints, applied by evaluation and export)",
+    )
     hidden_sizes: list[int] = _pg([64, 64], "hidden layer widths of the actor and the critic")
-    alpha: float = _pg(0.01, "the notebook's gradient scale (algo=notebook only)",
-                       per_algorithm=True)
+    alpha: float = _pg(
+        0.01, "the notebook's gradient scale (algo=notebook only)", per_algorithm=True
+    )
 
     # --- evaluation, logging, checkpoints ---------------------------------------------------
-    eval_episodes: int = _report(100, "fresh evaluation episodes that score the run's best "
-                                 "policy at the end (and confirm a solve)")
-    eval_interval: int = _report(100_000, "env steps between periodic greedy evaluations, which "
-                                 "choose best.pt (0: none; best.pt follows the training mean)")
-    eval_interval_episodes: int = _report(20, "episodes per periodic evaluation (the same ones "
-                                          "each time, none of them the final evaluation's)")
+    eval_episodes: int = _report(
+        100,
+        "fresh evaluation episodes that score the run's best "
+        "policy at the end (and confirm a solve)",
+    )
+    eval_interval: int = _report(
+        100_000,
+        "env steps between periodic greedy evaluations, which "
+        "choose best.pt (0: none; best.pt follows the training mean)",
+    )
+    eval_interval_episodes: int = _report(
+        20,
+        "episodes per periodic evaluation (the same ones "
+        "each time, none of them the final evaluation's)",
+    )
     eval_stochastic: bool = _report(False, "evaluate by sampling actions instead of argmax")
     log_interval: int = _report(10, "print a log line every this many updates", runtime=True)
     checkpoint_interval: int = _report(50, "save checkpoint.pt every this many updates")
@@ -155,9 +203,18 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first setting of the wrong type or out of range."""
         self._check_types()
-        positive = ["total_steps", "torch_threads", "epochs", "num_envs", "num_steps",
-                    "minibatches", "eval_episodes", "eval_interval_episodes", "log_interval",
-                    "checkpoint_interval"]
+        positive = [
+            "total_steps",
+            "torch_threads",
+            "epochs",
+            "num_envs",
+            "num_steps",
+            "minibatches",
+            "eval_episodes",
+            "eval_interval_episodes",
+            "log_interval",
+            "checkpoint_interval",
+        ]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -170,8 +227,9 @@ class TrainConfig:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value}")
         if self.eval_interval < 0:
-            raise ValueError(f"eval_interval must be >= 0 (0: no periodic evaluation), got "
-                             f"{self.eval_interval}")
+            raise ValueError(
+                f"eval_interval must be >= 0 (0: no periodic evaluation), got {self.eval_interval}"
+            )
         for name in ["ent_coef", "vf_coef", "target_kl", "clip_coef"]:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -183,15 +241,20 @@ class TrainConfig:
         for f in fields(self):
             choices = f.metadata.get("choices") or get_args(get_type_hints(TrainConfig)[f.name])
             if choices and isinstance(choices[0], str) and getattr(self, f.name) not in choices:
-                raise ValueError(f"{f.name} must be one of {list(choices)}, "
-                                 f"got {getattr(self, f.name)!r}")
+                raise ValueError(
+                    f"{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}"
+                )
         if self.env_backend == "envpool":
             if self.algo == "notebook":
-                raise ValueError("env_backend envpool needs --algo reinforce; the notebook steps "
-                                 "one gymnasium env (use --env-backend gymnasium)")
+                raise ValueError(
+                    "env_backend envpool needs --algo reinforce; the notebook steps "
+                    "one gymnasium env (use --env-backend gymnasium)"
+                )
             if self.vector == "async":
-                raise ValueError("vector async runs gymnasium envs in worker processes; "
-                                 "env_backend envpool needs --vector sync")
+                raise ValueError(
+                    "vector async runs gymnasium envs in worker processes; "
+                    "env_backend envpool needs --vector sync"
+                )
             from pylander.envpool_backend import check_supported  # imports envpool: only if used
 
             check_supported(self.env_id)
@@ -208,7 +271,7 @@ class TrainConfig:
         return "\n".join(lines) + "\n"
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """A config from plain values (parsed TOML); ValueError names a bad key, type or value."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
@@ -217,7 +280,7 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def load(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+    def load(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """The config in a TOML file, with ``overrides`` on top. The file's ``out`` (written by
         older versions) is ignored: a run directory is given with ``out=``/``--out``."""
         try:
@@ -256,16 +319,20 @@ def _typed(name: str, value: Any, hint: Any) -> Any:
         ok = isinstance(value, str)
     elif kind is list:  # list[int]
         ok = isinstance(value, (list, tuple)) and all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+        )
         value = [int(v) for v in value] if ok else value
     elif kind is dict:
         ok = isinstance(value, dict) and _is_toml_table(value)
     if ok:
         return value
-    expected = {list: "a list of integers",
-                dict: "a table of keyword arguments (TOML values: no null)"}.get(kind)
-    raise ValueError(f"{name} must be {expected or _EXPECTED[kind]}, got {value!r} "
-                     f"({type(value).__name__})")
+    expected = {
+        list: "a list of integers",
+        dict: "a table of keyword arguments (TOML values: no null)",
+    }.get(kind)
+    raise ValueError(
+        f"{name} must be {expected or _EXPECTED[kind]}, got {value!r} ({type(value).__name__})"
+    )
 
 
 def _is_toml_table(table: dict) -> bool:
@@ -292,7 +359,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        items = [f"{k if _BARE_KEY.fullmatch(k) else _toml_value(k)} = {_toml_value(v)}"
-                 for k, v in value.items()]
+        items = [
+            f"{k if _BARE_KEY.fullmatch(k) else _toml_value(k)} = {_toml_value(v)}"
+            for k, v in value.items()
+        ]
         return "{" + ", ".join(items) + "}"
     raise TypeError(f"cannot write {value!r} to TOML")

@@ -86,7 +86,7 @@ class Collective:
         self._call("summing gradients", dist.all_reduce, flat, op=dist.ReduceOp.SUM)
         offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
     def gather_columns(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -105,15 +105,24 @@ class Collective:
     def moments(self, values: torch.Tensor) -> tuple[float, float, float]:
         """``(count, mean, std)`` of ``values`` over every rank, in float64 (std unbiased; 0 for
         fewer than two values)."""
-        count, total, total_sq = self.sum(torch.stack([
-            torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device),
-            values.double().sum(), values.double().pow(2).sum()])).tolist()
+        count, total, total_sq = self.sum(
+            torch.stack(
+                [
+                    torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device),
+                    values.double().sum(),
+                    values.double().pow(2).sum(),
+                ]
+            )
+        ).tolist()
         mean = total / count if count else 0.0
-        std = math.sqrt(max(total_sq - count * mean * mean, 0.0) / (count - 1)) if count > 1 else 0.0
+        std = (
+            math.sqrt(max(total_sq - count * mean * mean, 0.0) / (count - 1)) if count > 1 else 0.0
+        )
         return count, mean, std
 
-    def minibatches(self, mask: torch.Tensor, epochs: int, minibatches: int,
-                    generator: torch.Generator) -> list[tuple[torch.Tensor, float]]:
+    def minibatches(
+        self, mask: torch.Tensor, epochs: int, minibatches: int, generator: torch.Generator
+    ) -> list[tuple[torch.Tensor, float]]:
         """Shuffled minibatches of the global batch: ``(my flat indices into mask, global size)``.
 
         Every rank shuffles the same global list of the steps in ``mask`` (those of the
@@ -130,9 +139,12 @@ class Collective:
             order = global_index[torch.randperm(global_index.numel(), generator=generator)]
             step, column = order // columns, order % columns - N * self.rank
             mine = (column >= 0) & (column < N)
-            batches += [part[keep].to(mask.device)
-                        for part, keep in zip((step * N + column).tensor_split(minibatches),
-                                              mine.tensor_split(minibatches))]
+            batches += [
+                part[keep].to(mask.device)
+                for part, keep in zip(
+                    (step * N + column).tensor_split(minibatches), mine.tensor_split(minibatches)
+                )
+            ]
         sizes = self.sum(torch.tensor([float(b.numel()) for b in batches], device=mask.device))
         return list(zip(batches, sizes.tolist()))
 
@@ -176,7 +188,9 @@ class Collective:
             raise value
         return value
 
-    def check_identical(self, tensors: dict[str, torch.Tensor], what: str = "parameters") -> str | None:
+    def check_identical(
+        self, tensors: dict[str, torch.Tensor], what: str = "parameters"
+    ) -> str | None:
         """Raise :class:`DistributedError` on every rank unless ``tensors`` are bitwise equal on all.
 
         Summed gradients are bitwise equal on every rank, so the replicated parameters must be
@@ -198,7 +212,8 @@ class Collective:
             raise DistributedError(
                 f"the ranks' {what} differ (ranks {differ} differ from rank 0): data-parallel "
                 "training has diverged; were all ranks started with the same pylander, torch "
-                "and settings?")
+                "and settings?"
+            )
         return mine
 
     def check_same_settings(self, settings: str) -> None:
@@ -210,8 +225,10 @@ class Collective:
         self._call("comparing settings", dist.all_gather_object, digests, mine)
         differ = [r for r, d in enumerate(digests) if d != digests[0]]
         if differ:
-            raise ValueError(f"ranks {differ} were started with other settings than rank 0; every "
-                             "rank must get the same flags (and --config/--resume contents)")
+            raise ValueError(
+                f"ranks {differ} were started with other settings than rank 0; every "
+                "rank must get the same flags (and --config/--resume contents)"
+            )
 
 
 def _picklable(exc: Exception) -> Exception:
@@ -254,7 +271,8 @@ def init_from_env(device: torch.device, timeout_s: float | None = None) -> bool:
             raise ValueError(
                 f"local rank {local_rank} has no GPU of its own: this machine has {count}, and "
                 "NCCL needs one GPU per process. Start at most that many processes per machine "
-                "(--procs / --nproc-per-node) or train on the CPU with --device cpu (gloo).")
+                "(--procs / --nproc-per-node) or train on the CPU with --device cpu (gloo)."
+            )
         torch.cuda.set_device(local_rank)
         kwargs["device_id"] = torch.device("cuda", local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -265,7 +283,8 @@ def init_from_env(device: torch.device, timeout_s: float | None = None) -> bool:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise DistributedError(
             f"rank {rank} of {world} could not join the {backend} process group at {where} "
-            f"within {_timeout_s:g} s: {reason}") from exc
+            f"within {_timeout_s:g} s: {reason}"
+        ) from exc
     return True
 
 

@@ -80,8 +80,12 @@ class EnvpoolVectorEnv(gym.vector.VectorEnv):
     def _make_pool(self, seed: int) -> Any:
         import envpool
 
-        pool = envpool.make_gymnasium(self.env_id, num_envs=self.num_envs,
-                                      num_threads=self.num_threads, seed=seed % SEED_MODULUS)
+        pool = envpool.make_gymnasium(
+            self.env_id,
+            num_envs=self.num_envs,
+            num_threads=self.num_threads,
+            seed=seed % SEED_MODULUS,
+        )
         with warnings.catch_warnings():
             # Each pool builds its spaces (cached) from float64 bounds on first use, and
             # gymnasium warns about every Box; build them here, quietly.
@@ -97,10 +101,12 @@ class EnvpoolVectorEnv(gym.vector.VectorEnv):
             raise ValueError(
                 f"envpool's {self.env_id} has observations {theirs.shape} and actions "
                 f"{actions}, gymnasium's {ours.shape} and "
-                f"{self.single_action_space}; use --env-backend gymnasium")
+                f"{self.single_action_space}; use --env-backend gymnasium"
+            )
 
-    def reset(self, *, seed: int | None = None,
-              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start fresh episodes in every env; with ``seed``, from a new pool seeded with it."""
         if options:
             raise ValueError(f"EnvpoolVectorEnv.reset takes no options, got {options!r}")
@@ -108,14 +114,16 @@ class EnvpoolVectorEnv(gym.vector.VectorEnv):
             try:
                 seed = operator.index(seed)
             except TypeError:
-                raise TypeError(f"seed must be an int (env i gets seed + i), got {seed!r}"
-                                ) from None
+                raise TypeError(
+                    f"seed must be an int (env i gets seed + i), got {seed!r}"
+                ) from None
             self._pool.close()
             self._pool = self._make_pool(seed)
         return self._pool.reset()
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                 np.ndarray, dict[str, Any]]:
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """One step of every env (an env whose episode ended last step resets instead)."""
         return self._pool.step(np.asarray(actions, dtype=np.int32))  # envpool's action dtype
 

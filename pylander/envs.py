@@ -38,8 +38,9 @@ def resolve_env_id(env_id: str, *, announce: bool = True) -> str:
         try:
             importlib.import_module(module)
         except Exception as exc:  # ImportError, or whatever the module raised while importing
-            raise ValueError(f"cannot import module {module!r} of env {env_id!r}: "
-                             f"{type(exc).__name__}: {exc}") from None
+            raise ValueError(
+                f"cannot import module {module!r} of env {env_id!r}: {type(exc).__name__}: {exc}"
+            ) from None
     if name not in gym.registry:
         close = [k for k in gym.registry if k.split("-")[0].lower() == name.split("-")[0].lower()]
         hint = f" Did you mean {', '.join(sorted(close))}?" if close else ""
@@ -73,9 +74,13 @@ def reward_threshold(env_id: str) -> float | None:
     return gym.spec(env_name(resolve_env_id(env_id, announce=False))).reward_threshold
 
 
-def make_vector_env(env_id: str, num_envs: int, mode: str = "sync",
-                    env_kwargs: dict[str, Any] | None = None,
-                    backend: str = "gymnasium") -> gym.vector.VectorEnv:
+def make_vector_env(
+    env_id: str,
+    num_envs: int,
+    mode: str = "sync",
+    env_kwargs: dict[str, Any] | None = None,
+    backend: str = "gymnasium",
+) -> gym.vector.VectorEnv:
     """``num_envs`` of :func:`make_env` as a vector env in gymnasium's default NEXT_STEP
     autoreset mode (see rollout.py).
 
@@ -112,8 +117,9 @@ def check_trainable(env_id: str, env_kwargs: dict | None = None) -> None:
         env = make_env(env_id, env_kwargs)
     except Exception as exc:  # missing extras (DependencyNotInstalled), bad kwargs, ...
         kwargs = f" with --env-kwargs {env_kwargs}" if env_kwargs else ""
-        raise ValueError(f"{env_id} cannot be created{kwargs}: {type(exc).__name__}: "
-                         f"{exc}") from None
+        raise ValueError(
+            f"{env_id} cannot be created{kwargs}: {type(exc).__name__}: {exc}"
+        ) from None
     try:
         check_spaces(env, env_id)
     finally:

@@ -31,10 +31,17 @@ EVAL_SEED_OFFSET = 1_000_003
 
 
 @torch.no_grad()
-def evaluate(logits_fn: LogitsFn, env_id: str, episodes: int, seed: int, *,
-             stochastic: bool = False, num_envs: int = 16,
-             device: torch.device = CPU,
-             env_kwargs: dict[str, Any] | None = None) -> np.ndarray:
+def evaluate(
+    logits_fn: LogitsFn,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    *,
+    stochastic: bool = False,
+    num_envs: int = 16,
+    device: torch.device = CPU,
+    env_kwargs: dict[str, Any] | None = None,
+) -> np.ndarray:
     """Play ``episodes`` episodes of ``env_id`` (made with ``env_kwargs``); greedy (argmax)
     actions unless ``stochastic``. Returns their returns."""
     num_envs = max(1, min(num_envs, episodes))
@@ -49,7 +56,9 @@ def evaluate(logits_fn: LogitsFn, env_id: str, episodes: int, seed: int, *,
         after_done = np.zeros(num_envs, dtype=bool)
         while (quota > 0).any():
             logits = logits_fn(torch.as_tensor(obs, dtype=torch.float32, device=device))
-            actions = ops.sample_categorical(logits, generator)[0] if stochastic else logits.argmax(-1)
+            actions = (
+                ops.sample_categorical(logits, generator)[0] if stochastic else logits.argmax(-1)
+            )
             obs, reward, terminated, truncated, _ = envs.step(actions.cpu().numpy())
             running += np.where(after_done, 0.0, reward)  # autoreset steps carry no reward
             done = (terminated | truncated) & ~after_done
@@ -78,14 +87,17 @@ def policy_from_checkpoint(payload: dict) -> tuple[torch.nn.Module, str]:
         policy = algorithm.policy_from_state(arch, payload["algorithm"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"the checkpoint's policy does not fit its own architecture "
-                              f"{arch}: {type(exc).__name__}: {reason}") from None
+        raise CheckpointError(
+            f"the checkpoint's policy does not fit its own architecture "
+            f"{arch}: {type(exc).__name__}: {reason}"
+        ) from None
     policy.eval()
     return policy, payload["env_id"]
 
 
-def check_fits_env(architecture: dict, env_id: str,
-                   env_kwargs: dict[str, Any] | None = None) -> None:
+def check_fits_env(
+    architecture: dict, env_id: str, env_kwargs: dict[str, Any] | None = None
+) -> None:
     """Raise CheckpointError unless the policy's input and output sizes are the env's."""
     env = make_env(env_id, env_kwargs)
     try:
@@ -96,7 +108,8 @@ def check_fits_env(architecture: dict, env_id: str,
         raise CheckpointError(
             f"the checkpoint's policy takes {architecture.get('obs_size')} observations and "
             f"{architecture.get('num_actions')} actions, but {env_id} has {obs_size} and "
-            f"{num_actions}")
+            f"{num_actions}"
+        )
 
 
 def check_video_path(path: Path) -> None:
@@ -106,8 +119,10 @@ def check_video_path(path: Path) -> None:
     if suffix not in {".gif", ".mp4"}:
         raise ValueError(f"--video must end in .gif or .mp4, got {path}")
     if suffix == ".mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
-        raise ValueError(f"--video {path}: writing .mp4 needs imageio-ffmpeg (pip install "
-                         "imageio-ffmpeg); .gif needs nothing more")
+        raise ValueError(
+            f"--video {path}: writing .mp4 needs imageio-ffmpeg (pip install "
+            "imageio-ffmpeg); .gif needs nothing more"
+        )
     if path.is_dir():
         raise ValueError(f"--video {path} is a directory; give a file name ending in {suffix}")
     folder = path.parent
@@ -118,12 +133,20 @@ def check_video_path(path: Path) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise ValueError(f"--video {path}: cannot write to {folder}: "
-                         f"{exc.strerror or exc}") from None
+        raise ValueError(
+            f"--video {path}: cannot write to {folder}: {exc.strerror or exc}"
+        ) from None
 
 
-def record_video(logits_fn: LogitsFn, env_id: str, path: Path, seed: int, *,
-                 stochastic: bool = False, env_kwargs: dict[str, Any] | None = None) -> float:
+def record_video(
+    logits_fn: LogitsFn,
+    env_id: str,
+    path: Path,
+    seed: int,
+    *,
+    stochastic: bool = False,
+    env_kwargs: dict[str, Any] | None = None,
+) -> float:
     """Record one episode to ``path`` (.gif, or .mp4 with imageio-ffmpeg); returns its return.
 
     Actions are greedy, or sampled with ``stochastic`` (from a generator seeded by ``seed``, so
@@ -141,8 +164,11 @@ def record_video(logits_fn: LogitsFn, env_id: str, path: Path, seed: int, *,
             frames.append(env.render())
             with torch.no_grad():
                 logits = logits_fn(torch.as_tensor(obs, dtype=torch.float32)[None])
-                chosen = (ops.sample_categorical(logits, generator)[0] if stochastic
-                          else logits.argmax(-1))
+                chosen = (
+                    ops.sample_categorical(logits, generator)[0]
+                    if stochastic
+                    else logits.argmax(-1)
+                )
             obs, reward, terminated, truncated, _ = env.step(int(chosen[0]))
             total += float(reward)
             if terminated or truncated:
@@ -172,20 +198,33 @@ def checkpoint_file(path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pylander.evaluate",
-                                     description="Evaluate a pylander checkpoint.")
-    parser.add_argument("checkpoint", type=Path,
-                        help="a run directory (its best.pt, else its checkpoint.pt) or a .pt file")
-    parser.add_argument("--episodes", type=int, default=100,
-                        help="evaluation episodes to play (default: 100)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the episodes (and of sampled actions); the same seed plays "
-                        "the same episodes (default: 0)")
-    parser.add_argument("--stochastic", action="store_true",
-                        help="sample actions instead of argmax (the video too)")
+    parser = argparse.ArgumentParser(
+        prog="python -m pylander.evaluate", description="Evaluate a pylander checkpoint."
+    )
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        help="a run directory (its best.pt, else its checkpoint.pt) or a .pt file",
+    )
+    parser.add_argument(
+        "--episodes", type=int, default=100, help="evaluation episodes to play (default: 100)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the episodes (and of sampled actions); the same seed plays "
+        "the same episodes (default: 0)",
+    )
+    parser.add_argument(
+        "--stochastic", action="store_true", help="sample actions instead of argmax (the video too)"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--video", type=Path,
-                        help="also record one episode to this .gif (or .mp4, with imageio-ffmpeg)")
+    parser.add_argument(
+        "--video",
+        type=Path,
+        help="also record one episode to this .gif (or .mp4, with imageio-ffmpeg)",
+    )
     args = parser.parse_args(argv)
     if args.episodes <= 0:
         parser.error(f"--episodes must be positive, got {args.episodes}")
@@ -201,25 +240,48 @@ def main(argv: list[str] | None = None) -> int:
         env_id = resolve_env_id(env_id, announce=False)
         env_kwargs = payload["config"].get("env_kwargs") or {}
         check_fits_env(payload["architecture"], env_id, env_kwargs)
-        returns = evaluate(logits_fn, env_id, args.episodes, args.seed, stochastic=args.stochastic,
-                           env_kwargs=env_kwargs)
-        video_return = (record_video(logits_fn, env_id, args.video, args.seed,
-                                     stochastic=args.stochastic, env_kwargs=env_kwargs)
-                        if args.video else None)
+        returns = evaluate(
+            logits_fn,
+            env_id,
+            args.episodes,
+            args.seed,
+            stochastic=args.stochastic,
+            env_kwargs=env_kwargs,
+        )
+        video_return = (
+            record_video(
+                logits_fn,
+                env_id,
+                args.video,
+                args.seed,
+                stochastic=args.stochastic,
+                env_kwargs=env_kwargs,
+            )
+            if args.video
+            else None
+        )
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = {"env": env_id, "episodes": int(returns.size), "greedy": not args.stochastic,
-              "mean": float(returns.mean()), "std": float(returns.std()),
-              "min": float(returns.min()), "max": float(returns.max())}
+    result = {
+        "env": env_id,
+        "episodes": int(returns.size),
+        "greedy": not args.stochastic,
+        "mean": float(returns.mean()),
+        "std": float(returns.std()),
+        "min": float(returns.min()),
+        "max": float(returns.max()),
+    }
     if args.video:
         result["video"], result["video_return"] = str(args.video), video_return
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{env_id}: {result['episodes']} episodes ({'greedy' if result['greedy'] else 'stochastic'}) "
-              f"return {result['mean']:.1f} +- {result['std']:.1f} [min {result['min']:.1f}, "
-              f"max {result['max']:.1f}]" + (f"; video: {args.video}" if args.video else ""))
+        print(
+            f"{env_id}: {result['episodes']} episodes ({'greedy' if result['greedy'] else 'stochastic'}) "
+            f"return {result['mean']:.1f} +- {result['std']:.1f} [min {result['min']:.1f}, "
+            f"max {result['max']:.1f}]" + (f"; video: {args.video}" if args.video else "")
+        )
     return 0
 
 

@@ -40,20 +40,35 @@ OWN_FLAGS = ("--seed", "--out", "--resume", "--config", "--force")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pylander.experiment", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m pylander.experiment",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="%(prog)s (--seeds S [S ...] | --num-seeds N) [options] [-- TRAIN FLAGS]",
         description="Train several seeds in parallel and report them together.",
-        epilog=__doc__.split("\n\n", 1)[1])
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--seeds", type=int, nargs="+", metavar="S", help="the seeds to train")
     which.add_argument("--num-seeds", type=int, metavar="N", help="seeds 1 to N")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="seeds trained at once (default: the CPU count)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="seeds trained at once (default: the CPU count)",
+    )
     parser.add_argument("--config", type=Path, help="config.toml every seed starts from")
-    parser.add_argument("--out", type=Path, default=Path("runs/experiment"), metavar="DIR",
-                        help="output folder (default: %(default)s)")
-    parser.add_argument("--bootstrap-reps", type=int, default=1000,
-                        help="bootstrap resamples for the curve's intervals (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/experiment"),
+        metavar="DIR",
+        help="output folder (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--bootstrap-reps",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for the curve's intervals (default: %(default)s)",
+    )
     return parser
 
 
@@ -144,16 +159,20 @@ def run_seeds(seeds: list[Seed], jobs: int, logs: Path, lock_fd: int) -> dict[in
             while pending and len(running) < jobs:
                 s = pending.pop(0)
                 running[s.seed] = (_start(s, logs, lock_fd), time.perf_counter())
-                print(f"seed {s.seed}: {'resumed' if s.state == 'resume' else 'started'}",
-                      flush=True)
+                print(
+                    f"seed {s.seed}: {'resumed' if s.state == 'resume' else 'started'}", flush=True
+                )
             time.sleep(0.2)
             for seed, (proc, started) in list(running.items()):
                 if proc.poll() is not None:
                     del running[seed]
                     status[seed] = proc.returncode
                     how = "done" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
-                    print(f"seed {seed}: {how} after {time.perf_counter() - started:.0f} s; "
-                          f"log in {logs / f'seed{seed}.log'}", flush=True)
+                    print(
+                        f"seed {seed}: {how} after {time.perf_counter() - started:.0f} s; "
+                        f"log in {logs / f'seed{seed}.log'}",
+                        flush=True,
+                    )
     except KeyboardInterrupt:  # the seeds got the SIGINT too: let them save before returning
         for proc, _ in running.values():
             proc.wait()
@@ -162,19 +181,26 @@ def run_seeds(seeds: list[Seed], jobs: int, logs: Path, lock_fd: int) -> dict[in
 
 
 def _start(s: Seed, logs: Path, lock_fd: int) -> subprocess.Popen:
-    command = {"resume": [sys.executable, "-m", "pylander.train", "--resume", str(s.out)],
-               "force": [*s.command, "--force"]}.get(s.state, s.command)
+    command = {
+        "resume": [sys.executable, "-m", "pylander.train", "--resume", str(s.out)],
+        "force": [*s.command, "--force"],
+    }.get(s.state, s.command)
     parent = os.getpid()
     with open(logs / f"seed{s.seed}.log", "a") as log:
         # The lock's descriptor goes with the seeds: the folder stays locked until the last
         # of them has stopped, even when this process is killed.
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                pass_fds=(lock_fd,), preexec_fn=lambda: _die_with_parent(parent))
+        return subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(lock_fd,),
+            preexec_fn=lambda: _die_with_parent(parent),
+        )
 
 
 def _lock(out: Path, parser: argparse.ArgumentParser):
     out.mkdir(parents=True, exist_ok=True)
-    lock = open(out / ".lock", "w")
+    lock = open(out / ".lock", "w")  # noqa: SIM115  (held, and locked, until the process exits)
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
         try:
@@ -188,8 +214,9 @@ def _lock(out: Path, parser: argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
-        else (argv, [])
+    own, extra = (
+        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    )
     parser = build_parser()
     args = parser.parse_args(own)
     seeds = plan(args, extra, parser)
@@ -202,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = run_seeds(seeds, args.jobs, args.out / "logs", lock.fileno())
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume the unfinished seeds",
-              file=sys.stderr)
+        print("interrupted; rerun the same command to resume the unfinished seeds", file=sys.stderr)
         return 130
     from pylander.aggregate import write_report
 

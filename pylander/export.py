@@ -76,9 +76,14 @@ def export(agent: Agent, output: str | Path, format: str = "onnx") -> Path:
     check_output(output)
     graph = GreedyPolicy(_cpu_copy(agent.policy)).eval()
     example = torch.zeros(2, agent.obs_size)  # 2, not 1: a batch of 1 would be specialised
-    metadata = {"env_id": agent.env_id, "algo": agent.algo, "obs_size": agent.obs_size,
-                "num_actions": agent.num_actions, "inputs": INPUT_NAME,
-                "outputs": ", ".join(OUTPUT_NAMES)}
+    metadata = {
+        "env_id": agent.env_id,
+        "algo": agent.algo,
+        "obs_size": agent.obs_size,
+        "num_actions": agent.num_actions,
+        "inputs": INPUT_NAME,
+        "outputs": ", ".join(OUTPUT_NAMES),
+    }
     writer = _WRITERS[format]
     _write_atomically(output, lambda tmp: writer(graph, example, metadata, tmp))
     return output
@@ -98,8 +103,9 @@ def require_exporter(format: str) -> None:
         try:
             __import__(module)
         except ImportError:
-            raise ExportError(f"ONNX export needs the {module} package, which is not installed: "
-                              f"{INSTALL_HINT}") from None
+            raise ExportError(
+                f"ONNX export needs the {module} package, which is not installed: {INSTALL_HINT}"
+            ) from None
 
 
 def check_output(output: Path) -> None:
@@ -118,9 +124,11 @@ def describe(agent: Agent, output: Path, format: str) -> str:
     """One line saying what :func:`export` wrote."""
     kind = f"ONNX (opset {OPSET})" if format == "onnx" else "TorchScript"
     source = f" from {agent.checkpoint_path}" if agent.checkpoint_path else ""
-    return (f"wrote {output}: {kind}, {INPUT_NAME} float32 [batch, {agent.obs_size}] -> "
-            f"logits float32 [batch, {agent.num_actions}], actions int64 [batch] "
-            f"({agent.env_id} {agent.algo} policy{source})")
+    return (
+        f"wrote {output}: {kind}, {INPUT_NAME} float32 [batch, {agent.obs_size}] -> "
+        f"logits float32 [batch, {agent.num_actions}], actions int64 [batch] "
+        f"({agent.env_id} {agent.algo} policy{source})"
+    )
 
 
 # --- writers ------------------------------------------------------------------------------------
@@ -129,9 +137,15 @@ def describe(agent: Agent, output: Path, format: str) -> str:
 def _write_onnx(graph: nn.Module, example: Tensor, metadata: dict, path: str) -> None:
     with _quiet_exporter():
         program = torch.onnx.export(
-            graph, (example,), dynamo=True, opset_version=OPSET, verbose=False,
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=({0: torch.export.Dim("batch")},))
+            graph,
+            (example,),
+            dynamo=True,
+            opset_version=OPSET,
+            verbose=False,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+        )
     program.model.metadata_props.update({f"pylander.{k}": str(v) for k, v in metadata.items()})
     program.save(path, external_data=False)
 
@@ -189,14 +203,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pylander.export",
         description="Export a trained pylander policy to ONNX or TorchScript: float32 "
-                    "observations [batch, obs_size] in; logits and greedy actions out.")
-    parser.add_argument("checkpoint", type=Path,
-                        help="a checkpoint (.pt) or a run directory (its best.pt, else "
-                             "checkpoint.pt)")
+        "observations [batch, obs_size] in; logits and greedy actions out.",
+    )
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        help="a checkpoint (.pt) or a run directory (its best.pt, else checkpoint.pt)",
+    )
     parser.add_argument("--format", default="onnx", help="onnx (default) or torchscript")
-    parser.add_argument("--output", type=Path,
-                        help="file to write (default: beside the checkpoint, named after it, "
-                             f"ending {' or '.join(FORMATS.values())})")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="file to write (default: beside the checkpoint, named after it, "
+        f"ending {' or '.join(FORMATS.values())})",
+    )
     args = parser.parse_args(argv)
     try:
         format = check_format(args.format)

@@ -22,7 +22,7 @@ def strip_procs(argv: list[str]) -> list[str]:
     args = list(argv)
     for i, arg in enumerate(args):
         if arg == "--procs":
-            del args[i:i + 2]
+            del args[i : i + 2]
             break
         if arg.startswith("--procs="):
             del args[i]
@@ -39,8 +39,14 @@ def launch_local(procs: int, argv: list[str]) -> int:
     # Each rank sets its own torch threads (--torch-threads); this also quiets torchrun's banner.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torchrun = get_args_parser().parse_args(
-        ["--standalone", f"--nproc-per-node={procs}", "--module", "pylander.train",
-         *strip_procs(argv)])
+        [
+            "--standalone",
+            f"--nproc-per-node={procs}",
+            "--module",
+            "pylander.train",
+            *strip_procs(argv),
+        ]
+    )
     os.environ[LAUNCHED_ENV] = "1"  # the ranks need not repeat the notes printed here
     try:
         run(torchrun)
@@ -48,8 +54,11 @@ def launch_local(procs: int, argv: list[str]) -> int:
         # The failing rank printed its own error; name it, and pass its exit code on.
         rank, failure = exc.get_first_failure()
         code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
-        print(f"error: rank {rank} of {procs} exited with code {code}; the launcher stopped the "
-              "others", file=sys.stderr)
+        print(
+            f"error: rank {rank} of {procs} exited with code {code}; the launcher stopped the "
+            "others",
+            file=sys.stderr,
+        )
         return code
     except SignalException as exc:  # Ctrl-C / SIGTERM reached the launcher; ranks were told too
         return 128 + int(exc.sigval)

@@ -79,8 +79,14 @@ class Console:
 
     def open_bar(self, total: int, initial: int) -> None:
         if not self.quiet and not os.environ.get("PYLANDER_NO_TQDM"):
-            self.bar = tqdm(total=total, initial=initial, unit="step", unit_scale=True,
-                            dynamic_ncols=True, smoothing=0.1)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                unit="step",
+                unit_scale=True,
+                dynamic_ncols=True,
+                smoothing=0.1,
+            )
 
     def message(self, text: str) -> None:
         if self.quiet:
@@ -96,8 +102,9 @@ class Console:
             self.bar = None
 
 
-def plot_learning_curve(metrics_path: Path, png_path: Path, title: str,
-                        threshold: float | None) -> None:
+def plot_learning_curve(
+    metrics_path: Path, png_path: Path, title: str, threshold: float | None
+) -> None:
     """Mean return of recent episodes against env steps, from metrics.csv."""
     import matplotlib
 
@@ -107,8 +114,11 @@ def plot_learning_curve(metrics_path: Path, png_path: Path, title: str,
     with open(metrics_path, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if _is_number(r.get("mean_return", ""))]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([int(r["steps"]) for r in rows], [float(r["mean_return"]) for r in rows],
-            label="mean return, last 100 episodes")
+    ax.plot(
+        [int(r["steps"]) for r in rows],
+        [float(r["mean_return"]) for r in rows],
+        label="mean return, last 100 episodes",
+    )
     if threshold is not None:
         ax.axhline(threshold, color="gray", linestyle="--", label=f"solved ({threshold:g})")
     ax.set_xlabel("env steps")

@@ -162,7 +162,14 @@ def adam_scan(
     inputs (or reached by the update); ``RuntimeError`` for wrong shapes, dtypes or devices.
     """
     return _ops.adam_scan(
-        param, grads, exp_avg, exp_avg_sq, int(step), float(lr), float(beta1), float(beta2),
+        param,
+        grads,
+        exp_avg,
+        exp_avg_sq,
+        int(step),
+        float(lr),
+        float(beta1),
+        float(beta2),
         float(eps),
     )
 
@@ -197,9 +204,7 @@ def _gae_fake(rewards, values, dones, last_values, gamma, lam):
 
 @torch.library.register_fake("pylander::pg_loss")
 def _pg_loss_fake(logits, actions, weights, reduction="mean", old_log_probs=None, clip_coef=0.0):
-    _check_same_device(
-        logits=logits, actions=actions, weights=weights, old_log_probs=old_log_probs
-    )
+    _check_same_device(logits=logits, actions=actions, weights=weights, old_log_probs=old_log_probs)
     return logits.new_empty(()), logits.new_empty(()), logits.new_empty(())
 
 
@@ -207,9 +212,7 @@ def _pg_loss_fake(logits, actions, weights, reduction="mean", old_log_probs=None
 def _pg_loss_backward_fake(
     grad_loss, grad_entropy, logits, actions, weights, reduction, old_log_probs=None, clip_coef=0.0
 ):
-    _check_same_device(
-        logits=logits, actions=actions, weights=weights, old_log_probs=old_log_probs
-    )
+    _check_same_device(logits=logits, actions=actions, weights=weights, old_log_probs=old_log_probs)
     return torch.empty_like(logits)
 
 
@@ -290,7 +293,13 @@ def _pg_loss_backward(ctx, grad_loss, grad_entropy, _grad_clip_fraction):
     grad_logits = grad_weights = None
     if ctx.needs_input_grad[0]:
         grad_logits = _ops.pg_loss_backward(
-            grad_loss, grad_entropy, logits, actions, weights, ctx.reduction, old_log_probs,
+            grad_loss,
+            grad_entropy,
+            logits,
+            actions,
+            weights,
+            ctx.reduction,
+            old_log_probs,
             ctx.clip_coef,
         )
     # The plain loss is differentiable in its weights; the clipped surrogate treats its weights

@@ -49,8 +49,10 @@ class ObsNormalizer(nn.Module):
         """Fold in the statistics of a new batch (Chan et al.'s parallel update)."""
         total = self.count + count
         delta = mean - self.mean
-        self.var.copy_((self.var * self.count + var * count
-                        + delta.pow(2) * self.count * count / total) / total)
+        self.var.copy_(
+            (self.var * self.count + var * count + delta.pow(2) * self.count * count / total)
+            / total
+        )
         self.mean.add_(delta * count / total)
         self.count.copy_(total)
 
@@ -61,8 +63,14 @@ class ActorCritic(nn.Module):
     The critic is built only for ``baseline="value"``.
     """
 
-    def __init__(self, obs_size: int, num_actions: int, hidden_sizes: list[int], critic: bool,
-                 normalize_obs: bool = False):
+    def __init__(
+        self,
+        obs_size: int,
+        num_actions: int,
+        hidden_sizes: list[int],
+        critic: bool,
+        normalize_obs: bool = False,
+    ):
         super().__init__()
         self.obs_size, self.num_actions = obs_size, num_actions
         self.hidden_sizes = list(hidden_sizes)

@@ -98,7 +98,9 @@ class RolloutCollector:
                 self._after_done = terminated | truncated
                 self._next_obs = obs
             self._store_obs(T, self._next_obs)
-        return Rollout(self.obs, self.actions, self.rewards, self.terminated, self.truncated, self.valid)
+        return Rollout(
+            self.obs, self.actions, self.rewards, self.terminated, self.truncated, self.valid
+        )
 
     def _store_obs(self, t: int, obs: np.ndarray) -> None:
         if self._obs_np is not None:

@@ -27,8 +27,14 @@ from pylander.checkpoint import atomic_write, remove_stale_temporaries
 from pylander.config import TrainConfig
 
 LOCK_NAME = ".lock"
-RUN_MARKERS = ["config.toml", "checkpoint.pt", "metrics.csv", "summary.json", "best.pt",
-               "learning_curve.png"]
+RUN_MARKERS = [
+    "config.toml",
+    "checkpoint.pt",
+    "metrics.csv",
+    "summary.json",
+    "best.pt",
+    "learning_curve.png",
+]
 """Files that show a directory holds a run (the lock file is not one: it outlives a killed run)."""
 
 
@@ -98,8 +104,9 @@ def _acquire(out: Path) -> _Lock:
     mine = _held.get(str(path))
     if mine is not None and mine.pid == os.getpid():
         if mine.thread != threading.get_ident():
-            raise RunDirectoryError(f"{out} is in use by another thread of this process "
-                                    f"({_describe(path)})")
+            raise RunDirectoryError(
+                f"{out} is in use by another thread of this process ({_describe(path)})"
+            )
         mine.depth += 1
         return mine
     created = not out.exists()
@@ -110,8 +117,10 @@ def _acquire(out: Path) -> _Lock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunDirectoryError(f"{out} is in use by another training run "
-                                    f"({_describe(path)}); wait for it to end or stop it") from None
+            raise RunDirectoryError(
+                f"{out} is in use by another training run "
+                f"({_describe(path)}); wait for it to end or stop it"
+            ) from None
         # The previous holder removes the file before it lets go, so a lock won on a file that is
         # no longer at `path` guards nothing: open the new one and lock that instead.
         try:
@@ -119,12 +128,17 @@ def _acquire(out: Path) -> _Lock:
         except FileNotFoundError:
             current = None
         opened = os.fstat(fd)
-        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev,
-                                                                        opened.st_ino):
+        if current is not None and (current.st_dev, current.st_ino) == (
+            opened.st_dev,
+            opened.st_ino,
+        ):
             break
         os.close(fd)
-    owner = {"pid": os.getpid(), "host": socket.gethostname(),
-             "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    owner = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps(owner).encode())
     lock = _Lock(fd, path, os.getpid(), threading.get_ident(), created)
@@ -179,8 +193,10 @@ def finished(out: Path, total_steps: int) -> str | None:
     if reason not in ("budget", "solved") or total_steps > max(steps, budget):
         return None
     how = "solved its task" if reason == "solved" else "spent its budget"
-    return (f"the run is finished: it {how} at {steps} steps; resume it with a total_steps "
-            f"above {max(steps, budget)} (--total-steps)")
+    return (
+        f"the run is finished: it {how} at {steps} steps; resume it with a total_steps "
+        f"above {max(steps, budget)} (--total-steps)"
+    )
 
 
 def check(out: Path, config: TrainConfig, *, resume: bool, force: bool) -> None:
@@ -191,7 +207,8 @@ def check(out: Path, config: TrainConfig, *, resume: bool, force: bool) -> None:
         if not (out / "checkpoint.pt").is_file():
             raise RunDirectoryError(
                 f"--resume {out}: no checkpoint.pt there to resume from (the run stopped before "
-                f"its first checkpoint); start it again with --out {out} --force")
+                f"its first checkpoint); start it again with --out {out} --force"
+            )
         done = finished(out, config.total_steps)
         if done:
             raise RunDirectoryError(f"--resume {out}: {done}")
@@ -200,7 +217,8 @@ def check(out: Path, config: TrainConfig, *, resume: bool, force: bool) -> None:
     if held and not force:
         raise RunDirectoryError(
             f"--out {out} already holds a run ({', '.join(held)}); use --resume {out} to "
-            "continue it, --force to replace it, or another --out")
+            "continue it, --force to replace it, or another --out"
+        )
 
 
 def clear(out: Path) -> None:
@@ -222,6 +240,12 @@ def prepare(out: Path, config: TrainConfig, *, resume: bool) -> None:
     saved = config
     if resume and (out / "config.toml").is_file():
         before = TrainConfig.load(out / "config.toml")
-        saved = replace(config, **{f.name: getattr(before, f.name) for f in fields(config)
-                                   if f.name in TrainConfig.runtime_fields()})
+        saved = replace(
+            config,
+            **{
+                f.name: getattr(before, f.name)
+                for f in fields(config)
+                if f.name in TrainConfig.runtime_fields()
+            },
+        )
     atomic_write(out / "config.toml", lambda fh: fh.write(saved.to_toml().encode()))

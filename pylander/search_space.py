@@ -25,18 +25,23 @@ class Param:
 
 
 def _log_float(low: float, high: float) -> Param:
-    return Param(f"log-uniform in [{low:g}, {high:g}]",
-                 lambda trial, name: trial.suggest_float(name, low, high, log=True))
+    return Param(
+        f"log-uniform in [{low:g}, {high:g}]",
+        lambda trial, name: trial.suggest_float(name, low, high, log=True),
+    )
 
 
 def _float(low: float, high: float) -> Param:
-    return Param(f"uniform in [{low:g}, {high:g}]",
-                 lambda trial, name: trial.suggest_float(name, low, high))
+    return Param(
+        f"uniform in [{low:g}, {high:g}]", lambda trial, name: trial.suggest_float(name, low, high)
+    )
 
 
 def _choice(*options: Any) -> Param:
-    return Param(f"one of {', '.join(map(str, options))}",
-                 lambda trial, name: trial.suggest_categorical(name, list(options)))
+    return Param(
+        f"one of {', '.join(map(str, options))}",
+        lambda trial, name: trial.suggest_categorical(name, list(options)),
+    )
 
 
 NUM_ENVS = (8, 16, 32)
@@ -58,9 +63,11 @@ def default_space() -> dict[str, Param]:
         "ent_coef": _log_float(1e-5, 0.03),
         "max_grad_norm": _log_float(0.3, 5.0),
         "hidden_width": dataclasses.replace(
-            _choice(32, 64, 128, 256), field="hidden_sizes",
+            _choice(32, 64, 128, 256),
+            field="hidden_sizes",
             describe="one of 32, 64, 128, 256 (every hidden layer; depth from the base config)",
-            to_config=lambda width, base: [width] * len(base.hidden_sizes)),
+            to_config=lambda width, base: [width] * len(base.hidden_sizes),
+        ),
     }
     have = {f.name for f in dataclasses.fields(TrainConfig)}
     if "clip_coef" in have:

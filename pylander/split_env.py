@@ -86,8 +86,9 @@ def _worker(env_fns: list, shared: _Shared, conn, parent_conn, parent_pid: int) 
             command, payload = message[:1], message[1:]
             if command == _STEP:
                 actions = np.frombuffer(payload, dtype=np.int64)
-                obs, shared.reward[:], shared.terminated[:], shared.truncated[:], _ = \
-                    envs.step(actions)
+                obs, shared.reward[:], shared.terminated[:], shared.truncated[:], _ = envs.step(
+                    actions
+                )
             elif command == _RESET:
                 seed, options = pickle.loads(payload)
                 obs, _ = envs.reset(seed=seed, options=options)
@@ -115,19 +116,23 @@ class SplitVectorEnv(gym.vector.VectorEnv):
         if len(env_fns) < 2:
             raise ValueError(f"--vector split needs 2 or more envs, got num_envs={len(env_fns)}")
         self.split = len(env_fns) // 2
-        self.local = gym.vector.SyncVectorEnv(env_fns[:self.split])
+        self.local = gym.vector.SyncVectorEnv(env_fns[: self.split])
         self.num_envs = len(env_fns)
         self.single_observation_space = self.local.single_observation_space
         self.single_action_space = self.local.single_action_space
-        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space,
-                                                              self.num_envs)
+        self.observation_space = gym.vector.utils.batch_space(
+            self.single_observation_space, self.num_envs
+        )
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
         self.metadata = self.local.metadata
         self._shared = _Shared(self.num_envs - self.split, self.single_observation_space)
         self._conn, child_conn = _CONTEXT.Pipe()
-        self._process = _CONTEXT.Process(target=_worker, daemon=True, name="pylander-split-env",
-                                   args=(env_fns[self.split:], self._shared, child_conn,
-                                         self._conn, os.getpid()))
+        self._process = _CONTEXT.Process(
+            target=_worker,
+            daemon=True,
+            name="pylander-split-env",
+            args=(env_fns[self.split :], self._shared, child_conn, self._conn, os.getpid()),
+        )
         self._process.start()
         child_conn.close()
 
@@ -135,28 +140,34 @@ class SplitVectorEnv(gym.vector.VectorEnv):
         try:
             answer = self._conn.recv_bytes()
         except EOFError:
-            raise RuntimeError(f"the split env's worker process died (exit code "
-                               f"{self._process.exitcode})") from None
+            raise RuntimeError(
+                f"the split env's worker process died (exit code {self._process.exitcode})"
+            ) from None
         if answer[:1] == b"!":
             raise RuntimeError(f"the split env's worker failed: {answer[1:].decode()}")
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         # SyncVectorEnv seeds env i with seed + i: the worker's first env is env `split`.
-        self._conn.send_bytes(_RESET + pickle.dumps((None if seed is None else seed + self.split,
-                                               options)))
+        self._conn.send_bytes(
+            _RESET + pickle.dumps((None if seed is None else seed + self.split, options))
+        )
         obs, _ = self.local.reset(seed=seed, options=options)
         self._wait()
         return np.concatenate([obs, self._shared.obs]), {}
 
     def step(self, actions):
         actions = np.asarray(actions, dtype=np.int64)
-        self._conn.send_bytes(_STEP + actions[self.split:].tobytes())
-        obs, reward, terminated, truncated, _ = self.local.step(actions[:self.split])
+        self._conn.send_bytes(_STEP + actions[self.split :].tobytes())
+        obs, reward, terminated, truncated, _ = self.local.step(actions[: self.split])
         self._wait()  # the worker stepped its half meanwhile
         shared = self._shared
-        return (np.concatenate([obs, shared.obs]), np.concatenate([reward, shared.reward]),
-                np.concatenate([terminated, shared.terminated]),
-                np.concatenate([truncated, shared.truncated]), {})
+        return (
+            np.concatenate([obs, shared.obs]),
+            np.concatenate([reward, shared.reward]),
+            np.concatenate([terminated, shared.terminated]),
+            np.concatenate([truncated, shared.truncated]),
+            {},
+        )
 
     def close_extras(self, **kwargs) -> None:
         with contextlib.suppress(OSError):  # the worker has gone already

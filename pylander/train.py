@@ -24,9 +24,10 @@ import os
 import signal
 import sys
 import types
-import tomllib
 from pathlib import Path
 from typing import Any, NoReturn, get_args, get_origin, get_type_hints
+
+import tomllib
 
 from pylander import __version__, rundir
 from pylander.algorithms import ALIASES, REGISTRY
@@ -43,34 +44,55 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="python -m pylander.train",
-                    description="Train a policy-gradient agent on a gymnasium env "
-                                "(LunarLander-v3 by default).")
+    parser = Parser(
+        prog="python -m pylander.train",
+        description="Train a policy-gradient agent on a gymnasium env (LunarLander-v3 by default).",
+    )
     parser.add_argument("--version", action="version", version=f"pylander {__version__}")
-    groups = {name: parser.add_argument_group(name) for name in
-              ["run", "environments", "policy gradient", "evaluation, logging, checkpoints"]}
+    groups = {
+        name: parser.add_argument_group(name)
+        for name in ["run", "environments", "policy gradient", "evaluation, logging, checkpoints"]
+    }
     run = groups["run"]
-    run.add_argument("--config", type=Path, metavar="FILE",
-                     help="load settings from a TOML file first (a run's config.toml will do); "
-                     "flags given override them; the run goes to --out, or its own default")
-    runtime = ", ".join(flag(f) for f in dataclasses.fields(TrainConfig)
-                        if f.name in TrainConfig.runtime_fields())
-    run.add_argument("--resume", type=Path, metavar="DIR",
-                     help="continue the run in DIR from its checkpoint. Flags given override its "
-                     f"settings and are saved in its config.toml, except {runtime}, which apply "
-                     "to this invocation only. A finished run needs a larger --total-steps")
-    run.add_argument("--force", action="store_true",
-                     help="start afresh in an --out directory that holds another run")
-    run.add_argument("--procs", type=int, default=1,
-                     help="data-parallel processes on this machine (torchrun does the same)")
+    run.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="load settings from a TOML file first (a run's config.toml will do); "
+        "flags given override them; the run goes to --out, or its own default",
+    )
+    runtime = ", ".join(
+        flag(f) for f in dataclasses.fields(TrainConfig) if f.name in TrainConfig.runtime_fields()
+    )
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the run in DIR from its checkpoint. Flags given override its "
+        f"settings and are saved in its config.toml, except {runtime}, which apply "
+        "to this invocation only. A finished run needs a larger --total-steps",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="start afresh in an --out directory that holds another run",
+    )
+    run.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        help="data-parallel processes on this machine (torchrun does the same)",
+    )
     hints = get_type_hints(TrainConfig)
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         kind = hints[f.name]
         default = getattr(defaults, f.name)
         kwargs: dict[str, Any] = {
-            "dest": f.name, "default": None,
-            "help": f"{f.metadata['help']}" + (f" (default: {default})" if default != "" else "")}
+            "dest": f.name,
+            "default": None,
+            "help": f"{f.metadata['help']}" + (f" (default: {default})" if default != "" else ""),
+        }
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif get_origin(kind) is list:
@@ -108,28 +130,38 @@ def env_kwarg(text: str) -> tuple[str, Any]:
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TrainConfig:
     """Defaults < --config file (or the resumed run's config) < flags given on the command line."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-             if getattr(args, f.name) is not None}
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(args, f.name) is not None
+    }
     if "env_kwargs" in given:
         given["env_kwargs"] = dict(given["env_kwargs"])
     if args.resume is not None:
         if args.force:
             parser.error("--resume continues a run and --force replaces one; give only one")
         if args.config is not None:
-            parser.error("--resume takes its settings from the run's own config.toml; give "
-                         "flags to change some, not --config")
+            parser.error(
+                "--resume takes its settings from the run's own config.toml; give "
+                "flags to change some, not --config"
+            )
         if args.out is not None and Path(args.out).resolve() != args.resume.resolve():
-            parser.error(f"--resume {args.resume} continues the run in that directory; drop "
-                         f"--out {args.out}")
+            parser.error(
+                f"--resume {args.resume} continues the run in that directory; drop --out {args.out}"
+            )
         if not (args.resume / "config.toml").is_file():
             parser.error(f"--resume {args.resume}: no run there (no config.toml)")
     if int(os.environ.get("RANK", "0")) == 0 and LAUNCHED_ENV not in os.environ:
         if given.get("algo") in ALIASES:
-            print(f"pylander: --algo {given['algo']} is now called --algo "
-                  f"{ALIASES[given['algo']]}", file=sys.stderr)
+            print(
+                f"pylander: --algo {given['algo']} is now called --algo {ALIASES[given['algo']]}",
+                file=sys.stderr,
+            )
         if given.get("env_id") in ENV_ALIASES:
-            print(f"pylander: {given['env_id']} is not in gymnasium 1.x; using "
-                  f"{ENV_ALIASES[given['env_id']]} (same task).")
+            print(
+                f"pylander: {given['env_id']} is not in gymnasium 1.x; using "
+                f"{ENV_ALIASES[given['env_id']]} (same task)."
+            )
     try:
         if args.resume is not None:
             config = TrainConfig.load(args.resume / "config.toml")
@@ -170,12 +202,14 @@ def check_launch(config: TrainConfig, procs: int, parser: argparse.ArgumentParse
         parser.error(str(exc))
     ranks = max(procs, int(os.environ.get("WORLD_SIZE", "1")))
     if ranks > 1 and REGISTRY[config.algo].single_process:
-        parser.error(f"--algo {config.algo} trains in a single process; run it without "
-                     "--procs/torchrun")
+        parser.error(
+            f"--algo {config.algo} trains in a single process; run it without --procs/torchrun"
+        )
 
 
-def check_out_dir(out: Path, config: TrainConfig, *, resume: bool, force: bool,
-                  parser: argparse.ArgumentParser) -> None:
+def check_out_dir(
+    out: Path, config: TrainConfig, *, resume: bool, force: bool, parser: argparse.ArgumentParser
+) -> None:
     """Refuse to mix two runs in one directory, or to resume one that is finished."""
     try:
         rundir.check(out, config, resume=resume, force=force)
@@ -183,8 +217,15 @@ def check_out_dir(out: Path, config: TrainConfig, *, resume: bool, force: bool,
         parser.error(str(exc))
 
 
-def claim_out_dir(out: Path, config: TrainConfig, stack: contextlib.ExitStack, *, resume: bool,
-                  force: bool, parser: argparse.ArgumentParser) -> None:
+def claim_out_dir(
+    out: Path,
+    config: TrainConfig,
+    stack: contextlib.ExitStack,
+    *,
+    resume: bool,
+    force: bool,
+    parser: argparse.ArgumentParser,
+) -> None:
     """Hold ``out`` until ``stack`` closes (rundir.claim), then check it and clear it for
     ``--force``; any refusal is a usage error, and writes nothing."""
     where = "--resume" if resume else "--out"
@@ -213,8 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         # The ranks claim the directory (rank 0 does); here it is only checked, to refuse once.
         holder = rundir.holder(out)
         if holder:
-            parser.error(f"{'--resume' if resume else '--out'} {out} is in use by another "
-                         f"training run ({holder})")
+            parser.error(
+                f"{'--resume' if resume else '--out'} {out} is in use by another "
+                f"training run ({holder})"
+            )
         check_out_dir(out, config, resume=resume, force=args.force, parser=parser)
         return launch_local(args.procs, argv)
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -244,8 +287,12 @@ def run_training(config: TrainConfig, *, resume: bool, main_rank: bool) -> int:
         return 128 + stop.signum
     except KeyboardInterrupt:  # a second signal, or one before training started
         saved = out / "checkpoint.pt"
-        hint = (f"{saved} holds the last checkpoint saved. Resume with: python -m pylander.train "
-                f"--resume {out}" if saved.is_file() else "no checkpoint was saved")
+        hint = (
+            f"{saved} holds the last checkpoint saved. Resume with: python -m pylander.train "
+            f"--resume {out}"
+            if saved.is_file()
+            else "no checkpoint was saved"
+        )
         if main_rank:
             print(f"interrupted at once; {hint}", file=sys.stderr)
         return 128 + signal.SIGINT

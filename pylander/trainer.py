@@ -74,14 +74,21 @@ def resolve_device(name: str) -> torch.device:
 class Run:
     """One training run's state, shared by the trainer and its hooks."""
 
-    def __init__(self, config: TrainConfig, algorithm: Algorithm, comm: Collective,
-                 device: torch.device):
+    def __init__(
+        self, config: TrainConfig, algorithm: Algorithm, comm: Collective, device: torch.device
+    ):
         self.config, self.algorithm, self.comm, self.device = config, algorithm, comm, device
         self.out = config.resolved_out()
         self.threshold = reward_threshold(config.env_id)
-        self.counters: dict[str, Any] = {"update": 0, "steps": 0, "episodes": 0, "seconds": 0.0,
-                                         "best_mean": -math.inf, "best_eval": -math.inf,
-                                         "next_eval_steps": 0}
+        self.counters: dict[str, Any] = {
+            "update": 0,
+            "steps": 0,
+            "episodes": 0,
+            "seconds": 0.0,
+            "best_mean": -math.inf,
+            "best_eval": -math.inf,
+            "next_eval_steps": 0,
+        }
         self.recent: deque[float] = deque(maxlen=100)
         """Returns of the last 100 finished training episodes (all ranks)."""
         self.recent_lengths: deque[int] = deque(maxlen=100)
@@ -101,27 +108,36 @@ class Run:
     def save(self, name: str) -> None:
         """Write the checkpoint ``name`` (``checkpoint.pt``, ``best.pt``) on the main process."""
         if self.comm.is_main:
-            save_checkpoint(self.out / name, env_id=self.config.env_id,
-                            architecture=self.algorithm.architecture(),
-                            algorithm=self.algorithm.state_dict(), config=vars(self.config),
-                            trainer={"counters": dict(self.counters),
-                                     "recent_returns": list(self.recent),
-                                     "recent_lengths": list(self.recent_lengths),
-                                     "best_policy": self.best_policy})
+            save_checkpoint(
+                self.out / name,
+                env_id=self.config.env_id,
+                architecture=self.algorithm.architecture(),
+                algorithm=self.algorithm.state_dict(),
+                config=vars(self.config),
+                trainer={
+                    "counters": dict(self.counters),
+                    "recent_returns": list(self.recent),
+                    "recent_lengths": list(self.recent_lengths),
+                    "best_policy": self.best_policy,
+                },
+            )
 
     def save_best(self) -> None:
         """Make the current policy the run's best: ``best.pt``, and what the run returns."""
-        self.best_policy = {k: v.detach().clone()
-                            for k, v in self.algorithm.policy.state_dict().items()}
+        self.best_policy = {
+            k: v.detach().clone() for k, v in self.algorithm.policy.state_dict().items()
+        }
         self.save("best.pt")
 
     def load(self) -> None:
         """Restore the run from its ``checkpoint.pt`` (read by rank 0, sent to the others)."""
         path = self.out / "checkpoint.pt"
         payload = self.comm.on_main(
-            lambda: load_checkpoint(path, env_id=self.config.env_id,
-                                    architecture=self.algorithm.architecture()),
-            "rank 0 to load the checkpoint")
+            lambda: load_checkpoint(
+                path, env_id=self.config.env_id, architecture=self.algorithm.architecture()
+            ),
+            "rank 0 to load the checkpoint",
+        )
         try:
             self.algorithm.load_state_dict(payload["algorithm"])
             self.counters.update(payload["trainer"]["counters"])
@@ -129,26 +145,41 @@ class Run:
             self.recent_lengths.extend(int(n) for n in payload["trainer"].get("recent_lengths", []))
             self.best_policy = payload["trainer"].get("best_policy")
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{path} does not fit this run ({type(exc).__name__}: "
-                                  f"{str(exc).strip()[:300]})") from None
+            raise CheckpointError(
+                f"{path} does not fit this run ({type(exc).__name__}: {str(exc).strip()[:300]})"
+            ) from None
 
     def reset_envs(self) -> None:
         """Fresh episodes from the seed of (run seed, update, rank): see PeriodicCheckpoint."""
-        self.algorithm.reset_envs(env_seed(self.config.seed, self.counters["update"],
-                                           self.comm.rank))
+        self.algorithm.reset_envs(
+            env_seed(self.config.seed, self.counters["update"], self.comm.rank)
+        )
 
-    def evaluate(self, episodes: int | None = None, *, seed: int | None = None,
-                 num_envs: int = 16, policy: torch.nn.Module | None = None) -> np.ndarray:
+    def evaluate(
+        self,
+        episodes: int | None = None,
+        *,
+        seed: int | None = None,
+        num_envs: int = 16,
+        policy: torch.nn.Module | None = None,
+    ) -> np.ndarray:
         """Evaluate ``policy`` (the current one by default) on rank 0; every rank gets the returns.
 
         By default: ``eval_episodes`` episodes of the run's final-evaluation seed."""
         cfg = self.config
         return self.comm.on_main(
-            lambda: evaluate(policy or self.algorithm.policy, cfg.env_id,
-                             episodes or cfg.eval_episodes, cfg.seed if seed is None else seed,
-                             stochastic=cfg.eval_stochastic, num_envs=num_envs,
-                             device=self.device, env_kwargs=cfg.env_kwargs),
-            "rank 0 to evaluate")
+            lambda: evaluate(
+                policy or self.algorithm.policy,
+                cfg.env_id,
+                episodes or cfg.eval_episodes,
+                cfg.seed if seed is None else seed,
+                stochastic=cfg.eval_stochastic,
+                num_envs=num_envs,
+                device=self.device,
+                env_kwargs=cfg.env_kwargs,
+            ),
+            "rank 0 to evaluate",
+        )
 
     def evaluate_result(self) -> None:
         """Score the best policy, and the final one, on the fresh final-evaluation episodes."""
@@ -172,19 +203,30 @@ class Run:
         self.recent.extend(r for r, _ in episodes)
         self.recent_lengths.extend(n for _, n in episodes)
         metrics: dict[str, Any] = {
-            "update": counters["update"], "steps": counters["steps"],
-            "episodes": counters["episodes"], "seconds": counters["seconds"],
+            "update": counters["update"],
+            "steps": counters["steps"],
+            "episodes": counters["episodes"],
+            "seconds": counters["seconds"],
             "mean_return": float(np.mean(self.recent)) if self.recent else math.nan,
-            "episode_length": float(np.mean(self.recent_lengths)) if self.recent_lengths else math.nan,
+            "episode_length": float(np.mean(self.recent_lengths))
+            if self.recent_lengths
+            else math.nan,
             **iteration.metrics,
             "steps_per_second": counters["steps"] / max(counters["seconds"], 1e-9),
         }
-        return UpdateInfo(counters["update"], counters["steps"], counters["episodes"],
-                          counters["seconds"], metrics, self)
+        return UpdateInfo(
+            counters["update"],
+            counters["steps"],
+            counters["episodes"],
+            counters["seconds"],
+            metrics,
+            self,
+        )
 
 
-def train(config: TrainConfig, *, resume: bool = False,
-          callbacks: list[Callback | Any] = ()) -> dict:
+def train(
+    config: TrainConfig, *, resume: bool = False, callbacks: list[Callback | Any] = ()
+) -> dict:
     """Train as ``config`` says; returns the summary (also written to ``summary.json``).
 
     ``callbacks`` run after the trainer's own hooks, before the metrics are written (see
@@ -198,8 +240,9 @@ def train(config: TrainConfig, *, resume: bool = False,
     device = resolve_device(config.device)
     comm = Collective(device)
     # Every rank must run the same settings (aside from where rank 0 writes and how a rank runs).
-    comm.check_same_settings(dataclasses.replace(config, out="", quiet=False, torch_threads=1,
-                                                 vector="sync").to_toml())
+    comm.check_same_settings(
+        dataclasses.replace(config, out="", quiet=False, torch_threads=1, vector="sync").to_toml()
+    )
     user_hooks = [as_callback(c) for c in callbacks]
     # Rank 0 holds the run directory from before its first write to the end: a second run,
     # or a --force / --resume of this one, is refused meanwhile (rundir.RunDirectoryError).
@@ -207,8 +250,13 @@ def train(config: TrainConfig, *, resume: bool = False,
         return _train(config, resume, comm, device, user_hooks)
 
 
-def _train(config: TrainConfig, resume: bool, comm: Collective, device: torch.device,
-           user_hooks: list[Callback]) -> dict:
+def _train(
+    config: TrainConfig,
+    resume: bool,
+    comm: Collective,
+    device: torch.device,
+    user_hooks: list[Callback],
+) -> dict:
     torch.manual_seed(config.seed)  # the network's initial weights
     run = Run(config, get_algorithm(config.algo).build(config, device, comm), comm, device)
     first, last = default_hooks(config, run.threshold)
@@ -220,10 +268,14 @@ def _train(config: TrainConfig, resume: bool, comm: Collective, device: torch.de
         if comm.is_main:
             rundir.prepare(run.out, config, resume=resume)
         if resume:
-            run.message(f"resumed {run.out} at update {run.counters['update']}, "
-                        f"{run.counters['steps']} steps")
+            run.message(
+                f"resumed {run.out} at update {run.counters['update']}, "
+                f"{run.counters['steps']} steps"
+            )
         _train_loop(run, hooks)
-        comm.check_identical(run.algorithm.policy.state_dict())  # raises on every rank if the ranks diverged
+        comm.check_identical(
+            run.algorithm.policy.state_dict()
+        )  # raises on every rank if the ranks diverged
         run.save("checkpoint.pt")
         if run.eval_returns is None:
             with _SignalFlag(immediate=True):  # the checkpoint is saved; nothing to finish
@@ -232,28 +284,38 @@ def _train(config: TrainConfig, resume: bool, comm: Collective, device: torch.de
         run.stop_reason = "interrupted"
         _finish(run, hooks)
         c = run.counters
-        raise TrainingInterrupted(stop.signum, (
-            f"interrupted by {signal.Signals(stop.signum).name} at update {c['update']} "
-            f"({c['steps']} of {config.total_steps} steps); checkpoint and summary saved in "
-            f"{run.out}. Resume with: python -m pylander.train --resume {run.out}")) from None
+        raise TrainingInterrupted(
+            stop.signum,
+            (
+                f"interrupted by {signal.Signals(stop.signum).name} at update {c['update']} "
+                f"({c['steps']} of {config.total_steps} steps); checkpoint and summary saved in "
+                f"{run.out}. Resume with: python -m pylander.train --resume {run.out}"
+            ),
+        ) from None
     except NonFiniteError as exc:
         _close(run, hooks)
         checkpoint = run.out / "checkpoint.pt"
         if checkpoint.is_file():
             kept = f"The last good checkpoint, {checkpoint}, is untouched"
         else:
-            kept = (f"No checkpoint was saved before it (the first is due at update "
-                    f"{config.checkpoint_interval})")
-        raise NonFiniteError(f"training diverged: {exc}. {kept}; a smaller --learning-rate or "
-                             "--max-grad-norm may help.") from None
+            kept = (
+                f"No checkpoint was saved before it (the first is due at update "
+                f"{config.checkpoint_interval})"
+            )
+        raise NonFiniteError(
+            f"training diverged: {exc}. {kept}; a smaller --learning-rate or "
+            "--max-grad-norm may help."
+        ) from None
     except BaseException:
         _close(run, hooks)
         raise
     summary = _finish(run, hooks)
     verdict = "SOLVED" if summary["solved"] else "not solved"
-    run.message(f"{verdict}: {summary['eval_episodes']} evaluation episodes returned "
-                f"{summary['eval_mean_return']:.1f} +- {summary['eval_std_return']:.1f} after "
-                f"{summary['steps']} steps in {summary['seconds']:.0f} s. Results in {run.out}/")
+    run.message(
+        f"{verdict}: {summary['eval_episodes']} evaluation episodes returned "
+        f"{summary['eval_mean_return']:.1f} +- {summary['eval_std_return']:.1f} after "
+        f"{summary['steps']} steps in {summary['seconds']:.0f} s. Results in {run.out}/"
+    )
     return summary
 
 
@@ -265,8 +327,9 @@ def _train_loop(run: Run, hooks: list[Callback]) -> None:
         for hook in hooks:
             hook.on_start(run)
         while counters["steps"] < config.total_steps:
-            iteration = _iterate(run.algorithm, counters["steps"] / config.total_steps,
-                                 counters["update"] + 1)
+            iteration = _iterate(
+                run.algorithm, counters["steps"] / config.total_steps, counters["update"] + 1
+            )
             info = run.record(iteration, started)
             stopped_by = [hook for hook in hooks if hook.on_update(info) is False]
             if run.comm.any(bool(stopped_by)):
@@ -317,32 +380,42 @@ def _iterate(algo: Algorithm, progress: float, update: int) -> Iteration:
         # here that means the env's observations/rewards or the network's outputs went bad.
         if "contains NaN or infinity" not in str(exc):
             raise
-        raise NonFiniteError(f"non-finite values at update {update} ({exc}); the update was not "
-                             "applied") from None
+        raise NonFiniteError(
+            f"non-finite values at update {update} ({exc}); the update was not applied"
+        ) from None
     except RuntimeError as exc:
         # An optimizer step too large for float32 (e.g. --learning-rate 1e38): torch refuses it
         # with "value cannot be converted to type float without overflow".
         if "overflow" not in str(exc) or isinstance(exc, NonFiniteError):
             raise
-        raise NonFiniteError(f"the optimizer step overflowed float32 at update {update} "
-                             f"({str(exc).strip()[:200]})") from None
+        raise NonFiniteError(
+            f"the optimizer step overflowed float32 at update {update} ({str(exc).strip()[:200]})"
+        ) from None
 
 
 def _summary(run: Run) -> dict:
     config, counters, returns, threshold = run.config, run.counters, run.eval_returns, run.threshold
     evaluated = returns is not None and run.stop_reason != "interrupted"
     return {
-        "env": config.env_id, "algo": config.algo, "seed": config.seed,
-        "steps": counters["steps"], "episodes": counters["episodes"], "updates": counters["update"],
+        "env": config.env_id,
+        "algo": config.algo,
+        "seed": config.seed,
+        "steps": counters["steps"],
+        "episodes": counters["episodes"],
+        "updates": counters["update"],
         "seconds": round(counters["seconds"], 3),
         "steps_per_second": round(counters["steps"] / max(counters["seconds"], 1e-9), 1),
-        "train_mean_return": float(np.mean(run.recent)) if run.recent else None,  # last 100 episodes
+        "train_mean_return": float(np.mean(run.recent))
+        if run.recent
+        else None,  # last 100 episodes
         "eval_mean_return": float(returns.mean()) if evaluated else None,
         "eval_std_return": float(returns.std()) if evaluated else None,
         "eval_episodes": int(returns.size) if evaluated else 0,
         "eval_greedy": not config.eval_stochastic,
         "last_eval_mean_return": _mean(run.last_eval_returns) if evaluated else None,
-        "best_periodic_eval": counters["best_eval"] if math.isfinite(counters["best_eval"]) else None,
+        "best_periodic_eval": counters["best_eval"]
+        if math.isfinite(counters["best_eval"])
+        else None,
         "reward_threshold": threshold,
         "solved": bool(evaluated and threshold is not None and returns.mean() >= threshold),
         "stop_reason": run.stop_reason,
@@ -362,11 +435,16 @@ def _finish(run: Run, hooks: list[Callback]) -> dict:
     finally:
         _close(run, hooks)
     if run.comm.is_main:
-        atomic_write(run.out / "summary.json",
-                     lambda fh: fh.write(json.dumps(run.summary, indent=2).encode()))
-        plot_learning_curve(run.out / "metrics.csv", run.out / "learning_curve.png",
-                            f"{run.summary['env']} ({run.summary['algo']}, seed "
-                            f"{run.summary['seed']})", run.threshold)
+        atomic_write(
+            run.out / "summary.json",
+            lambda fh: fh.write(json.dumps(run.summary, indent=2).encode()),
+        )
+        plot_learning_curve(
+            run.out / "metrics.csv",
+            run.out / "learning_curve.png",
+            f"{run.summary['env']} ({run.summary['algo']}, seed {run.summary['seed']})",
+            run.threshold,
+        )
     return run.summary
 
 

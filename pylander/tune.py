@@ -76,9 +76,14 @@ class Search:
 
     def fingerprint(self) -> dict[str, Any]:
         """What makes two searches' objective values comparable (checked on resume)."""
-        return {"base": self.base.to_toml(), "params": sorted(self.params),
-                "trial_steps": self.trial_steps, "seeds": self.seeds,
-                "eval_interval": self.eval_interval, "unsolved_penalty": self.unsolved_penalty}
+        return {
+            "base": self.base.to_toml(),
+            "params": sorted(self.params),
+            "trial_steps": self.trial_steps,
+            "seeds": self.seeds,
+            "eval_interval": self.eval_interval,
+            "unsolved_penalty": self.unsolved_penalty,
+        }
 
     def open_study(self, worker: int = 0):
         import optuna
@@ -87,17 +92,27 @@ class Search:
         # A long timeout: parallel workers share one SQLite file and take turns writing.
         storage = optuna.storages.RDBStorage(
             f"sqlite:///{(self.out / 'study.db').resolve()}",
-            engine_kwargs={"connect_args": {"timeout": 60}})
+            engine_kwargs={"connect_args": {"timeout": 60}},
+        )
         # constant_liar: parallel workers do not all propose the point the running trials hold.
-        sampler = optuna.samplers.TPESampler(seed=self.sampler_seed + worker, multivariate=True,
-                                             constant_liar=True)
-        pruner = (optuna.pruners.MedianPruner(n_startup_trials=5,
-                                              n_warmup_steps=self.trial_steps // 4)
-                  if self.prune else optuna.pruners.NopPruner())
-        return optuna.create_study(storage=storage, study_name=STUDY_NAME, sampler=sampler,
-                                   pruner=pruner, direction="maximize", load_if_exists=True)
+        sampler = optuna.samplers.TPESampler(
+            seed=self.sampler_seed + worker, multivariate=True, constant_liar=True
+        )
+        pruner = (
+            optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=self.trial_steps // 4)
+            if self.prune
+            else optuna.pruners.NopPruner()
+        )
+        return optuna.create_study(
+            storage=storage,
+            study_name=STUDY_NAME,
+            sampler=sampler,
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=True,
+        )
 
-    def objective(self) -> "Objective":
+    def objective(self) -> Objective:
         return Objective(self)
 
 
@@ -109,8 +124,9 @@ class _Reporter(Callback):
 
     def __init__(self, trial, curves: list[list[float]], offset: int, trial_steps: int):
         self.trial, self.curves, self.offset = trial, curves, offset
-        self.grid = sorted({round(k * trial_steps / REPORTS_PER_SEED)
-                            for k in range(1, REPORTS_PER_SEED + 1)})
+        self.grid = sorted(
+            {round(k * trial_steps / REPORTS_PER_SEED) for k in range(1, REPORTS_PER_SEED + 1)}
+        )
         self.evaluations: list[float] = []
         self.training: list[float] = []
         self.curves.append(self.training)
@@ -154,8 +170,9 @@ class Objective:
 
     def trial_config(self, trial) -> TrainConfig:
         """The base config with the trial's suggestions applied (what best.toml holds)."""
-        return apply_params(self.search.base,
-                            {name: p.suggest(trial, name) for name, p in self.space.items()})
+        return apply_params(
+            self.search.base, {name: p.suggest(trial, name) for name, p in self.space.items()}
+        )
 
     def __call__(self, trial) -> float:
         import optuna
@@ -171,9 +188,15 @@ class Objective:
             out = search.out / "trials" / str(trial.number) / f"seed{seed}"
             shutil.rmtree(out, ignore_errors=True)  # left by an earlier study in this folder
             run = dataclasses.replace(
-                config, seed=seed, total_steps=search.trial_steps, out=str(out), quiet=True,
-                stop_when_solved=False, eval_episodes=min(config.eval_episodes,
-                                                          TRIAL_EVAL_EPISODES), **extra)
+                config,
+                seed=seed,
+                total_steps=search.trial_steps,
+                out=str(out),
+                quiet=True,
+                stop_when_solved=False,
+                eval_episodes=min(config.eval_episodes, TRIAL_EVAL_EPISODES),
+                **extra,
+            )
             reporter = _Reporter(trial, curves, index * search.trial_steps, search.trial_steps)
             summary = train(run, callbacks=[reporter])
             final_evals.append(summary["eval_mean_return"])
@@ -182,8 +205,9 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at {reporter.pruned_at} steps of seed {seed}")
         if not any(curves):
             raise ValueError(f"no episode finished within {search.trial_steps} steps")
-        unsolved = sum(1 for c in curves
-                       if self.threshold is not None and (not c or max(c) < self.threshold))
+        unsolved = sum(
+            1 for c in curves if self.threshold is not None and (not c or max(c) < self.threshold)
+        )
         trial.set_user_attr("unsolved_seeds", unsolved)
         return running_score(curves) - search.unsolved_penalty * unsolved / search.seeds
 
@@ -203,6 +227,7 @@ def run_trials(search: Search, trials: int, worker: int = 0) -> None:
 def _worker(search: Search, trials: int, worker: int, parent: int) -> None:
     """A worker process: exits at once when the search process dies (a killed search must not
     leave trials running; the trial it held is marked failed when the search is rerun)."""
+
     def watch():
         while os.getppid() == parent:
             time.sleep(1)
@@ -219,27 +244,42 @@ def _worker(search: Search, trials: int, worker: int, parent: int) -> None:
 
 # --- command line ---------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     space = "\n".join(f"  {name:<15} {p.describe}" for name, p in default_space().items())
     parser = argparse.ArgumentParser(
-        prog="python -m pylander.tune", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m pylander.tune",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Search hyperparameters with Optuna (TPE sampler, median pruner).",
-        epilog=f"search space (--params restricts it):\n{space}\n\n" + __doc__.split("\n\n", 1)[1])
+        epilog=f"search space (--params restricts it):\n{space}\n\n" + __doc__.split("\n\n", 1)[1],
+    )
     add = parser.add_argument
     add("--env", help="gymnasium env id (default: the base config's, LunarLander-v3)")
-    add("--config", type=Path, metavar="BASE.toml",
-        help="fixed settings every trial starts from (a config.toml; default: the defaults)")
+    add(
+        "--config",
+        type=Path,
+        metavar="BASE.toml",
+        help="fixed settings every trial starts from (a config.toml; default: the defaults)",
+    )
     add("--trials", type=int, default=50, help="finished trials the study should hold")
     add("--jobs", type=int, default=1, help="trials run at once, each in its own process")
     add("--trial-steps", type=int, default=500_000, help="env steps per seed of a trial")
     add("--seeds", type=int, default=2, help="training seeds per trial (objective averaged)")
     add("--params", help="comma-separated names: search only these (default: all below)")
     add("--search-space", action="store_true", help="print the search space and exit")
-    add("--eval-interval", type=int, metavar="STEPS",
+    add(
+        "--eval-interval",
+        type=int,
+        metavar="STEPS",
         help="steps between the trials' greedy evaluations (default: a tenth of --trial-steps; "
-             "0: score the training mean instead)")
-    add("--unsolved-penalty", type=float, default=0.0,
-        help="subtracted from the objective for each seed never reaching the reward threshold")
+        "0: score the training mean instead)",
+    )
+    add(
+        "--unsolved-penalty",
+        type=float,
+        default=0.0,
+        help="subtracted from the objective for each seed never reaching the reward threshold",
+    )
     add("--no-prune", action="store_true", help="run every trial to the end")
     add("--sampler-seed", type=int, default=0, help="seed of the TPE sampler")
     add("--out", type=Path, metavar="DIR", help="output folder (default runs/tune-<env>)")
@@ -260,8 +300,10 @@ def search_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     params = list(space) if args.params is None else [p.strip() for p in args.params.split(",")]
     unknown = [p for p in params if p not in space]
     if unknown or not params or len(set(params)) != len(params):
-        parser.error(f"--params: unknown or repeated names {unknown or params}; choose from "
-                     f"{', '.join(space)}")
+        parser.error(
+            f"--params: unknown or repeated names {unknown or params}; choose from "
+            f"{', '.join(space)}"
+        )
     try:
         base = TrainConfig.load(args.config) if args.config else TrainConfig()
         if args.env:
@@ -274,8 +316,10 @@ def search_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     envs = max(NUM_ENVS) if "num_envs" in params else base.num_envs
     steps = max(NUM_STEPS) if "num_steps" in params else base.num_steps
     if args.trial_steps < envs * steps:
-        parser.error(f"--trial-steps {args.trial_steps} is smaller than one rollout ({envs} envs "
-                     f"x {steps} steps = {envs * steps}, the largest the search can choose)")
+        parser.error(
+            f"--trial-steps {args.trial_steps} is smaller than one rollout ({envs} envs "
+            f"x {steps} steps = {envs * steps}, the largest the search can choose)"
+        )
     eval_interval = args.eval_interval
     if has_periodic_eval():
         eval_interval = max(args.trial_steps // 10, 1) if eval_interval is None else eval_interval
@@ -284,8 +328,17 @@ def search_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     elif eval_interval is not None:
         parser.error("--eval-interval: this trainer has no periodic evaluation")
     out = args.out or Path(f"runs/tune-{base.env_id}")
-    return Search(base, params, args.trial_steps, args.seeds, out, eval_interval,
-                  args.unsolved_penalty, args.sampler_seed, not args.no_prune)
+    return Search(
+        base,
+        params,
+        args.trial_steps,
+        args.seeds,
+        out,
+        eval_interval,
+        args.unsolved_penalty,
+        args.sampler_seed,
+        not args.no_prune,
+    )
 
 
 def prepare_study(search: Search, parser: argparse.ArgumentParser):
@@ -299,13 +352,16 @@ def prepare_study(search: Search, parser: argparse.ArgumentParser):
         study.set_user_attr("search", fingerprint)
     elif held != fingerprint:
         differ = ", ".join(k for k in fingerprint if held.get(k) != fingerprint[k])
-        parser.error(f"--out {search.out} holds a search with other settings ({differ}); "
-                     "use another --out")
+        parser.error(
+            f"--out {search.out} holds a search with other settings ({differ}); use another --out"
+        )
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # Safe: this process holds the folder's lock, so no other search runs these trials.
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        print(f"trial {trial.number} was left running by a killed search: marked failed",
-              file=sys.stderr)
+        print(
+            f"trial {trial.number} was left running by a killed search: marked failed",
+            file=sys.stderr,
+        )
     return study
 
 
@@ -321,8 +377,10 @@ def write_best(study, search: Search) -> Path | None:
     config = dataclasses.replace(apply_params(search.base, best.params), out="")
     path = search.out / "best.toml"
     tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(f"# pylander.tune: best of {len(done)} complete trials in {search.out}: trial "
-                   f"{best.number}, objective {best.value:.2f}\n" + config.to_toml())
+    tmp.write_text(
+        f"# pylander.tune: best of {len(done)} complete trials in {search.out}: trial "
+        f"{best.number}, objective {best.value:.2f}\n" + config.to_toml()
+    )
     os.replace(tmp, path)
     print(f"best trial {best.number}: objective {best.value:.2f}")
     for name, value in best.params.items():
@@ -347,17 +405,20 @@ def main(argv: list[str] | None = None) -> int:
     from pylander.trainer import TrainingInterrupted
 
     search.out.mkdir(parents=True, exist_ok=True)
-    lock = open(search.out / ".lock", "w")
+    lock = open(search.out / ".lock", "w")  # noqa: SIM115  (held, and locked, until the search ends)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         parser.error(f"--out {search.out}: another search is running there")
     study = prepare_study(search, parser)
-    finished = len(study.get_trials(deepcopy=False,
-                                    states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    finished = len(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    )
     remaining = args.trials - finished
-    print(f"study {STUDY_NAME} in {search.out}/study.db: {finished} finished trials, "
-          f"{max(remaining, 0)} to run (optuna-dashboard sqlite:///{search.out}/study.db)")
+    print(
+        f"study {STUDY_NAME} in {search.out}/study.db: {finished} finished trials, "
+        f"{max(remaining, 0)} to run (optuna-dashboard sqlite:///{search.out}/study.db)"
+    )
     try:
         if remaining > 0 and args.jobs == 1:
             run_trials(search, remaining)
@@ -375,8 +436,10 @@ def _run_workers(search: Search, trials: int, jobs: int) -> None:
 
     context = multiprocessing.get_context("spawn")  # no fork of a process that has torch loaded
     shares = [trials // jobs + (i < trials % jobs) for i in range(min(jobs, trials))]
-    workers = [context.Process(target=_worker, args=(search, n, i, os.getpid()))
-               for i, n in enumerate(shares)]
+    workers = [
+        context.Process(target=_worker, args=(search, n, i, os.getpid()))
+        for i, n in enumerate(shares)
+    ]
     for w in workers:
         w.start()
     try:

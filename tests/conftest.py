@@ -54,8 +54,14 @@ def tolerance(dtype: torch.dtype) -> dict:
 # --- random op inputs, drawn on the CPU so every device sees the same numbers -----------------
 
 
-def random_rollout(T: int, N: int, dtype: torch.dtype, done_prob: float = 0.2, seed: int = 0,
-                   device: torch.device | str = "cpu") -> list[torch.Tensor]:
+def random_rollout(
+    T: int,
+    N: int,
+    dtype: torch.dtype,
+    done_prob: float = 0.2,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[torch.Tensor]:
     """``[rewards, dones, values, last_values]`` of ``T`` steps of ``N`` envs, on ``device``."""
     g = torch.Generator().manual_seed(seed)
     rewards = torch.randn(T, N, generator=g, dtype=dtype) * 3
@@ -65,8 +71,14 @@ def random_rollout(T: int, N: int, dtype: torch.dtype, done_prob: float = 0.2, s
     return [x.to(device) for x in (rewards, dones, values, last)]
 
 
-def random_batch(B: int, A: int, dtype: torch.dtype, device: torch.device | str = "cpu",
-                 seed: int = 0, scale: float = 3.0) -> list[torch.Tensor]:
+def random_batch(
+    B: int,
+    A: int,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    scale: float = 3.0,
+) -> list[torch.Tensor]:
     """``[logits, actions, weights]`` for ``B`` samples of ``A`` actions, on ``device``."""
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(B, A, generator=g, dtype=dtype) * scale
@@ -75,8 +87,9 @@ def random_batch(B: int, A: int, dtype: torch.dtype, device: torch.device | str 
     return [x.to(device) for x in (logits, actions, weights)]
 
 
-def dominant_logits(B: int, A: int, dtype: torch.dtype, device: torch.device | str,
-                    low: float = -300.0) -> torch.Tensor:
+def dominant_logits(
+    B: int, A: int, dtype: torch.dtype, device: torch.device | str, low: float = -300.0
+) -> torch.Tensor:
     """Row ``b`` has logit 0 at category ``b % A`` and ``low`` elsewhere; each draw is ``b % A``."""
     logits = torch.full((B, A), low, dtype=dtype)
     logits[torch.arange(B), torch.arange(B) % A] = 0.0

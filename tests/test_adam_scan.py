@@ -40,8 +40,12 @@ def torch_loop(param: Tensor, grads: Tensor, hyper, warmup: Tensor | None = None
         opt.step()
     state = opt.state[p]
     zeros = torch.zeros_like(param)
-    before = (p.detach().clone(), state.get("exp_avg", zeros).clone(),
-              state.get("exp_avg_sq", zeros).clone(), int(state.get("step", 0)))
+    before = (
+        p.detach().clone(),
+        state.get("exp_avg", zeros).clone(),
+        state.get("exp_avg_sq", zeros).clone(),
+        int(state.get("step", 0)),
+    )
     for g in grads:
         p.grad = g.clone()
         opt.step()
@@ -99,8 +103,10 @@ def test_op_large_parameter_runs_in_blocks_and_threads():
     assert_bitwise(got, want)
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and pylander.CUDA_KERNELS),
-                    reason="needs a GPU and the CUDA kernels")
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and pylander.CUDA_KERNELS),
+    reason="needs a GPU and the CUDA kernels",
+)
 @pytest.mark.parametrize("hyper", HYPER)
 def test_op_matches_torch_adam_on_cuda(hyper, dtype):
     # torch's default on CUDA is the foreach path, whose roundings the CUDA kernel follows.
@@ -112,8 +118,17 @@ def test_op_matches_torch_adam_on_cuda(hyper, dtype):
 
 def test_opcheck():
     grads = random_grads(6, 9, torch.float64, seed=0)
-    args = (torch.randn(9, dtype=torch.float64), grads, torch.randn(9, dtype=torch.float64),
-            torch.rand(9, dtype=torch.float64), 3, 1e-3, 0.9, 0.999, 1e-8)
+    args = (
+        torch.randn(9, dtype=torch.float64),
+        grads,
+        torch.randn(9, dtype=torch.float64),
+        torch.rand(9, dtype=torch.float64),
+        3,
+        1e-3,
+        0.9,
+        0.999,
+        1e-8,
+    )
     opcheck(OPS.adam_scan.default, args)
 
 
@@ -243,8 +258,9 @@ def test_apply_rejects_what_it_does_not_implement():
     with pytest.raises(ValueError, match="shape"):
         apply_adam_scan(opt, [(layer.weight, torch.zeros(3, 8, 4))])
     with pytest.raises(ValueError, match="same number of steps"):
-        apply_adam_scan(opt, [(layer.weight, torch.zeros(3, 4, 8)),
-                              (layer.bias, torch.zeros(2, 4))])
+        apply_adam_scan(
+            opt, [(layer.weight, torch.zeros(3, 4, 8)), (layer.bias, torch.zeros(2, 4))]
+        )
 
 
 def test_apply_non_finite_gradient_changes_nothing():

@@ -7,13 +7,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tiny_run import env_observations, train_tiny_run
 from torch import nn
 
 from pylander.agent import Agent
 from pylander.checkpoint import CheckpointError, load_checkpoint
 from pylander.evaluate import evaluate, policy_from_checkpoint
 from pylander.policies import ActorCritic
-from tiny_run import env_observations, train_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,11 @@ def observations():
 def test_load_a_run_directory_prefers_best(run_dir, agent):
     assert agent.checkpoint_path == run_dir / "best.pt"
     assert (agent.env_id, agent.algo, agent.obs_size, agent.num_actions) == (
-        "CartPole-v1", "reinforce", 4, 2)
+        "CartPole-v1",
+        "reinforce",
+        4,
+        2,
+    )
 
 
 def test_load_falls_back_to_checkpoint_pt_and_loads_files(run_dir, tmp_path, observations):
@@ -99,18 +103,22 @@ def test_stochastic_predict_is_reproducible_from_its_seed(run_dir, observations)
     assert set(first.tolist()) <= {0, 1}
 
 
-@pytest.mark.parametrize("obs, message", [
-    (np.zeros(5), r"shape \[4\] or \[batch, 4\] for CartPole-v1, got \[5\]"),
-    (np.zeros((2, 3)), r"got \[2, 3\]"),
-    (np.zeros((2, 2, 4)), r"got \[2, 2, 4\]"),
-    (np.zeros(()), r"got \[\]"),
-    ([0.0, np.nan, 0.0, 0.0], "NaN or infinite"),
-    (torch.tensor([[0.0, 0.0, float("inf"), 0.0]]), "NaN or infinite"),
-    ([[1.0, 2.0], [3.0]], "array of numbers"),
-    ("abcd", "real numbers"),
-    (np.zeros(4, dtype=bool), "real numbers"),
-    (torch.zeros(4, dtype=torch.complex64), "real numbers"),
-], ids=["size", "batch-size", "3d", "scalar", "nan", "inf", "ragged", "str", "bool", "complex"])
+@pytest.mark.parametrize(
+    "obs, message",
+    [
+        (np.zeros(5), r"shape \[4\] or \[batch, 4\] for CartPole-v1, got \[5\]"),
+        (np.zeros((2, 3)), r"got \[2, 3\]"),
+        (np.zeros((2, 2, 4)), r"got \[2, 2, 4\]"),
+        (np.zeros(()), r"got \[\]"),
+        ([0.0, np.nan, 0.0, 0.0], "NaN or infinite"),
+        (torch.tensor([[0.0, 0.0, float("inf"), 0.0]]), "NaN or infinite"),
+        ([[1.0, 2.0], [3.0]], "array of numbers"),
+        ("abcd", "real numbers"),
+        (np.zeros(4, dtype=bool), "real numbers"),
+        (torch.zeros(4, dtype=torch.complex64), "real numbers"),
+    ],
+    ids=["size", "batch-size", "3d", "scalar", "nan", "inf", "ragged", "str", "bool", "complex"],
+)
 def test_bad_observations_get_one_clear_error(agent, obs, message):
     for deterministic in (True, False):
         with pytest.raises(ValueError, match=message) as info:

@@ -13,8 +13,9 @@ import pylander
 from pylander import Agent, TrainConfig, train
 from pylander.rundir import RunDirectoryError
 
-TINY = dict(env_id="CartPole-v1", num_envs=4, num_steps=32, total_steps=512, eval_episodes=2,
-            quiet=True)
+TINY = dict(
+    env_id="CartPole-v1", num_envs=4, num_steps=32, total_steps=512, eval_episodes=2, quiet=True
+)
 
 
 def test_train_returns_summary_agent_run_dir_and_metrics(tmp_path):
@@ -29,8 +30,14 @@ def test_train_returns_summary_agent_run_dir_and_metrics(tmp_path):
 
 
 def test_settings_as_keywords_and_the_notebook_defaults(tmp_path):
-    result = train(algo="notebook", env_id="CartPole-v1", total_steps=60, eval_episodes=1,
-                   quiet=True, out=str(tmp_path / "nb"))
+    result = train(
+        algo="notebook",
+        env_id="CartPole-v1",
+        total_steps=60,
+        eval_episodes=1,
+        quiet=True,
+        out=str(tmp_path / "nb"),
+    )
     assert result.summary["algo"] == "notebook"
     assert TrainConfig.load(tmp_path / "nb" / "config.toml").gamma == 0.99
 
@@ -56,8 +63,10 @@ def test_train_applies_torch_threads_and_restores_them(tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        train(TrainConfig(**TINY, out=str(tmp_path / "run"), torch_threads=1),
-              callbacks=[lambda info: seen.append(torch.get_num_threads())])
+        train(
+            TrainConfig(**TINY, out=str(tmp_path / "run"), torch_threads=1),
+            callbacks=[lambda info: seen.append(torch.get_num_threads())],
+        )
         assert set(seen) == {1} and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
@@ -67,9 +76,10 @@ def test_train_works_from_a_thread_and_a_callback_can_stop_it(tmp_path):
     box = {}
 
     def work():
-        box["result"] = train(TrainConfig(**{**TINY, "total_steps": 100_000},
-                                          out=str(tmp_path / "run")),
-                              callbacks=[lambda info: info.update < 2])
+        box["result"] = train(
+            TrainConfig(**{**TINY, "total_steps": 100_000}, out=str(tmp_path / "run")),
+            callbacks=[lambda info: info.update < 2],
+        )
 
     thread = threading.Thread(target=work)
     thread.start()

@@ -13,9 +13,17 @@ from pylander.bench import distributed, report, runner, timing
 from pylander.bench import ops as op_bench
 from pylander.bench.trainer import Interleave
 
-TINY = dict(repeats=2, sample_seconds=1e-5, warmup_calls=1, returns_sizes=[(8, 3)],
-            batch_sizes=[5], trainer_updates=4, notebook_steps=400, profile_updates=1,
-            trainer_overrides={"num_envs": 2, "num_steps": 8, "epochs": 1, "minibatches": 2})
+TINY = dict(
+    repeats=2,
+    sample_seconds=1e-5,
+    warmup_calls=1,
+    returns_sizes=[(8, 3)],
+    batch_sizes=[5],
+    trainer_updates=4,
+    notebook_steps=400,
+    profile_updates=1,
+    trainer_overrides={"num_envs": 2, "num_steps": 8, "epochs": 1, "minibatches": 2},
+)
 
 
 def tiny_settings(**changes) -> bench.Settings:
@@ -31,15 +39,20 @@ def test_baselines_compute_what_the_native_ops_do():
     rewards = torch.randn(300, 5, generator=g)
     dones = torch.rand(300, 5, generator=g) < 0.05
     want = ops.discounted_returns(rewards, dones, 0.99)
-    for fn in (op_bench.returns_notebook_loop, op_bench.returns_torch_cumsum,
-               op_bench.returns_torch_doubling):
+    for fn in (
+        op_bench.returns_notebook_loop,
+        op_bench.returns_torch_cumsum,
+        op_bench.returns_torch_doubling,
+    ):
         torch.testing.assert_close(fn(rewards, dones, 0.99), want, rtol=1e-4, atol=1e-4)
     logits = torch.randn(7, 4, generator=g).requires_grad_()
     actions = torch.randint(0, 4, (7,), generator=g)
     weights = torch.randn(7, generator=g)
     for entropy in (True, False):
-        torch.testing.assert_close(op_bench.pg_native(logits, actions, weights, entropy),
-                                   op_bench.pg_autograd(logits, actions, weights, entropy))
+        torch.testing.assert_close(
+            op_bench.pg_native(logits, actions, weights, entropy),
+            op_bench.pg_autograd(logits, actions, weights, entropy),
+        )
 
 
 def test_interleaved_rounds_take_turns_starting_at_each_candidate():
@@ -49,7 +62,7 @@ def test_interleaved_rounds_take_turns_starting_at_each_candidate():
     assert all(len(v) >= 3 and all(t > 0 for t in v) for v in samples.values())
     runs = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]
     # warm-up, then one turn each per round, the round starting one candidate later each time
-    assert runs == list("abc" "abc" "bca" "cab")
+    assert runs == list("abcabcbcacab")
     assert timing.speedup([2.0, 4.0, 6.0, 100.0], [1.0, 1.0, 2.0, 1.0]) == 5.0 / 1.0
 
 
@@ -58,23 +71,33 @@ def test_interleaved_times_with_the_threads_torch_uses():
     seen = []
     try:
         torch.set_num_threads(2)
-        timing.interleaved({"a": lambda: seen.append(torch.get_num_threads())}, repeats=1,
-                           sample_seconds=0.0, warmup_calls=0)
+        timing.interleaved(
+            {"a": lambda: seen.append(torch.get_num_threads())},
+            repeats=1,
+            sample_seconds=0.0,
+            warmup_calls=0,
+        )
     finally:
         torch.set_num_threads(threads)
     assert seen and set(seen) == {2}  # torch's Timer alone would time with one thread
 
 
 def test_targets_are_met_at_their_goal_and_missed_just_below():
-    results = {"ops": {"discounted_returns": {"T1000_N64": {"speedup_vs_torch": 3.01}},
-                       "sample_categorical": {"B64_A4": {"speedup_vs_categorical": 1.99}},
-                       "pg_loss": {"B1024_A4": {"speedup_vs_autograd": 1.5}}},
-               "trainer": {"ratio_to_env": 0.849}}
+    results = {
+        "ops": {
+            "discounted_returns": {"T1000_N64": {"speedup_vs_torch": 3.01}},
+            "sample_categorical": {"B64_A4": {"speedup_vs_categorical": 1.99}},
+            "pg_loss": {"B1024_A4": {"speedup_vs_autograd": 1.5}},
+        },
+        "trainer": {"ratio_to_env": 0.849},
+    }
     verdicts = {name: (t["value"], t["met"]) for name, t in report.check_targets(results).items()}
-    assert verdicts == {"discounted_returns[T=1000,N=64] vs best pure PyTorch": (3.01, True),
-                        "sample_categorical[B=64,A=4] vs Categorical": (1.99, False),
-                        "pg_loss fwd+bwd[B=1024,A=4] vs autograd": (1.5, True),
-                        "trainer vs env-only stepping": (0.849, False)}
+    assert verdicts == {
+        "discounted_returns[T=1000,N=64] vs best pure PyTorch": (3.01, True),
+        "sample_categorical[B=64,A=4] vs Categorical": (1.99, False),
+        "pg_loss fwd+bwd[B=1024,A=4] vs autograd": (1.5, True),
+        "trainer vs env-only stepping": (0.849, False),
+    }
     del results["trainer"]  # a section that did not run has no verdict, not a made-up one
     assert "trainer vs env-only stepping" not in report.check_targets(results)
     results["trainer"] = {"ratio_to_env": 0.86}
@@ -83,7 +106,10 @@ def test_targets_are_met_at_their_goal_and_missed_just_below():
 
 def test_section_names_accept_the_old_seed_name():
     assert runner.section_names(["profile", "seed", "ops", "notebook"]) == (
-        "ops", "notebook", "profile")
+        "ops",
+        "notebook",
+        "profile",
+    )
     with pytest.raises(ValueError, match="unknown section 'nope'"):
         runner.section_names(["nope"])
 
@@ -98,8 +124,13 @@ def test_gpu_settings_add_large_sizes_and_move_the_trainer():
 
 
 def test_gpu_runs_report_no_cpu_targets(monkeypatch):
-    entry = {"native_us": 1.0, "autograd_us": 1.0, "autograd_loss_only_us": 1.0,
-             "speedup_vs_autograd": 1.0, "speedup_vs_autograd_loss_only": 1.0}
+    entry = {
+        "native_us": 1.0,
+        "autograd_us": 1.0,
+        "autograd_loss_only_us": 1.0,
+        "speedup_vs_autograd": 1.0,
+        "speedup_vs_autograd_loss_only": 1.0,
+    }
     fake_ops = runner.Section("ops ...", lambda *a: {"ops": {"pg_loss": {"B1024_A4": entry}}})
     monkeypatch.setitem(runner.SECTIONS, "ops", fake_ops)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
@@ -156,26 +187,38 @@ def test_interleave_hook_pairs_each_baseline_block_with_the_next_update():
 
 
 def test_ops_trainer_and_notebook_sections_give_the_documented_keys():
-    results = bench.run_benchmarks(tiny_settings(), ("ops", "trainer", "notebook"),
-                                   log=lambda m: None)
-    expected = {"discounted_returns": ("T8_N3", ["python", "torch"]),
-                "sample_categorical": ("B5_A4", ["categorical", "multinomial"]),
-                "pg_loss": ("B5_A4", ["autograd", "autograd_loss_only"])}
+    results = bench.run_benchmarks(
+        tiny_settings(), ("ops", "trainer", "notebook"), log=lambda m: None
+    )
+    expected = {
+        "discounted_returns": ("T8_N3", ["python", "torch"]),
+        "sample_categorical": ("B5_A4", ["categorical", "multinomial"]),
+        "pg_loss": ("B5_A4", ["autograd", "autograd_loss_only"]),
+    }
     for op, (size, baselines) in expected.items():
         entry = results["ops"][op][size]
         assert entry["native_us"] > 0
         for baseline in baselines:
             assert_positive_ratio(entry[f"speedup_vs_{baseline}"])
     assert results["ops"]["discounted_returns"]["T8_N3"]["torch_variant"] in (
-        "torch_cumsum", "torch_doubling")
-    for key in ("trainer.steps_per_s", "env_only.steps_per_s", "trainer.ratio_to_env",
-                "seed_notebook.steps_per_s", "seed_algo.steps_per_s",
-                "seed_algo.ratio_to_notebook"):
+        "torch_cumsum",
+        "torch_doubling",
+    )
+    for key in (
+        "trainer.steps_per_s",
+        "env_only.steps_per_s",
+        "trainer.ratio_to_env",
+        "seed_notebook.steps_per_s",
+        "seed_algo.steps_per_s",
+        "seed_algo.ratio_to_notebook",
+    ):
         assert_positive_ratio(bench.lookup(results, key))
     # 4 updates: 3 baseline blocks each followed by an update, the first left out as warm-up
     assert results["trainer"]["updates"] == 2
-    assert results["targets"]["trainer vs env-only stepping"]["value"] == (
-        results["trainer"]["ratio_to_env"])
+    assert (
+        results["targets"]["trainer vs env-only stepping"]["value"]
+        == (results["trainer"]["ratio_to_env"])
+    )
     # Sizes the tiny run skipped have no target entry rather than a made-up one.
     assert not any(name.startswith("pg_loss") for name in results["targets"])
     text = bench.format_report(results)
@@ -197,8 +240,9 @@ def test_profile_section_accounts_for_the_update():
 def test_distributed_section_reports_rates_or_the_failure(tmp_path, monkeypatch):
     rates = {1: 100.0, 2: 150.0}
     monkeypatch.setattr(distributed, "train_subprocess", lambda procs, *a: rates[procs])
-    result = distributed.bench_distributed(tiny_settings(dist_rounds=2), tmp_path,
-                                           log=lambda m: None)
+    result = distributed.bench_distributed(
+        tiny_settings(dist_rounds=2), tmp_path, log=lambda m: None
+    )
     assert result["distributed"]["ratio_2_to_1"] == 1.5
     assert result["distributed"]["procs1_steps_per_s"] == 100.0
 

@@ -20,8 +20,21 @@ import pytest
 from pylander.evaluate import main as evaluate_main
 from pylander.train import main as train_main
 
-FAST = ["--env", "CartPole-v1", "--num-envs", "4", "--num-steps", "16", "--checkpoint-interval", "2",
-        "--eval-episodes", "2", "--log-interval", "1000", "--quiet"]
+FAST = [
+    "--env",
+    "CartPole-v1",
+    "--num-envs",
+    "4",
+    "--num-steps",
+    "16",
+    "--checkpoint-interval",
+    "2",
+    "--eval-episodes",
+    "2",
+    "--log-interval",
+    "1000",
+    "--quiet",
+]
 SUBPROCESS_ENV = {**os.environ, "PYLANDER_NO_TQDM": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -73,8 +86,11 @@ BAD_VALUES = [
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--env", "NoSuchEnv-v0"], "--env: unknown environment 'NoSuchEnv-v0'"),
     (["--env", "cartpole-v1"], "Did you mean CartPole-v0, CartPole-v1?"),
-    (["--env", "Pendulum-v1"], "Pendulum-v1 has a Box action space; pylander trains categorical "
-                               "policies and needs a Discrete one"),
+    (
+        ["--env", "Pendulum-v1"],
+        "Pendulum-v1 has a Box action space; pylander trains categorical "
+        "policies and needs a Discrete one",
+    ),
     (["--env", "MountainCarContinuous-v0"], "needs a Discrete one"),
     (["--env", "Blackjack-v1"], "needs a flat Box observation space"),
 ]
@@ -83,7 +99,9 @@ BAD_VALUES = [
 @pytest.mark.parametrize("flags,message", BAD_VALUES, ids=[" ".join(f) for f, _ in BAD_VALUES])
 def test_bad_values_are_usage_errors_and_write_nothing(flags, message, tmp_path, capsys):
     out = tmp_path / "run"
-    assert message in usage_error([*FAST, "--total-steps", "128", "--out", str(out), *flags], capsys)
+    assert message in usage_error(
+        [*FAST, "--total-steps", "128", "--out", str(out), *flags], capsys
+    )
     assert not out.exists()
 
 
@@ -99,7 +117,10 @@ def test_out_holding_another_run_needs_resume_or_force(finished_run, tmp_path, c
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # untouched
 
     # --force starts afresh there (another seed, so the files really change).
-    assert train_main([*FAST, "--total-steps", "128", "--seed", "9", "--out", str(run), "--force"]) == 0
+    assert (
+        train_main([*FAST, "--total-steps", "128", "--seed", "9", "--out", str(run), "--force"])
+        == 0
+    )
     assert json.loads((run / "summary.json").read_text())["seed"] == 9
     # A directory holding unrelated files only is fine.
     other = tmp_path / "other"
@@ -113,8 +134,11 @@ def test_unwritable_out_is_a_usage_error(tmp_path, capsys):
     a_file = tmp_path / "plain-file"
     a_file.write_text("not a directory")
     # Tests run as root, for whom chmod does not make a directory unwritable.
-    for out, reason in [(a_file / "run", "Not a directory"), (a_file, "File exists"),
-                        (Path("/proc/pylander-test-run"), "")]:
+    for out, reason in [
+        (a_file / "run", "Not a directory"),
+        (a_file, "File exists"),
+        (Path("/proc/pylander-test-run"), ""),
+    ]:
         message = usage_error([*FAST, "--total-steps", "128", "--out", str(out)], capsys)
         assert f"--out {out} is not writable" in message and reason in message, message
     assert a_file.read_text() == "not a directory"
@@ -125,11 +149,15 @@ def test_resume_usage_errors(finished_run, tmp_path, capsys):
     assert "no run there (no config.toml)" in usage_error(["--resume", str(missing)], capsys)
     assert not missing.exists()
     assert "give only one" in usage_error(["--resume", str(finished_run), "--force"], capsys)
-    assert "drop --out" in usage_error(["--resume", str(finished_run), "--out", str(tmp_path)], capsys)
+    assert "drop --out" in usage_error(
+        ["--resume", str(finished_run), "--out", str(tmp_path)], capsys
+    )
     assert "not --config" in usage_error(
-        ["--resume", str(finished_run), "--config", str(finished_run / "config.toml")], capsys)
-    assert "gamma must be in [0, 1]" in usage_error(["--resume", str(finished_run), "--gamma", "2"],
-                                                    capsys)
+        ["--resume", str(finished_run), "--config", str(finished_run / "config.toml")], capsys
+    )
+    assert "gamma must be in [0, 1]" in usage_error(
+        ["--resume", str(finished_run), "--gamma", "2"], capsys
+    )
     # A run stopped before its first checkpoint.
     early = tmp_path / "early"
     early.mkdir()
@@ -161,8 +189,10 @@ CONFIG_TYPES = [
     ('normalize_advantages = "no"', "normalize_advantages must be true or false, got 'no' (str)"),
     ("seed = true", "seed must be an integer, got True (bool)"),
     ('gamma = "0.9"', "gamma must be a number, got '0.9' (str)"),
-    ("env_kwargs = 3", "env_kwargs must be a table of keyword arguments (TOML values: no null), "
-                       "got 3 (int)"),
+    (
+        "env_kwargs = 3",
+        "env_kwargs must be a table of keyword arguments (TOML values: no null), got 3 (int)",
+    ),
     ("algo = 1", "algo must be a string, got 1 (int)"),
 ]
 
@@ -171,8 +201,10 @@ CONFIG_TYPES = [
 def test_config_values_of_the_wrong_type_are_usage_errors(tmp_path, capsys, line, message):
     path = tmp_path / "config.toml"
     path.write_text(f'env_id = "CartPole-v1"\n{line}\n' if "env_id" not in line else line)
-    assert usage_error(["--config", str(path), "--out", str(tmp_path / "run")],
-                       capsys) == f"config {path}: {message}"
+    assert (
+        usage_error(["--config", str(path), "--out", str(tmp_path / "run")], capsys)
+        == f"config {path}: {message}"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -200,8 +232,9 @@ def test_a_single_process_algorithm_is_refused_before_launching(tmp_path, capsys
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 def test_a_missing_gpu_is_refused_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "run"
-    assert "torch sees no CUDA device" in usage_error([*FAST, "--device", "cuda", "--out",
-                                                       str(out)], capsys)
+    assert "torch sees no CUDA device" in usage_error(
+        [*FAST, "--device", "cuda", "--out", str(out)], capsys
+    )
     assert not out.exists()
 
 
@@ -216,32 +249,60 @@ def test_version_and_flag_groups(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         train_main(["--help"])
     text = capsys.readouterr().out
-    text = text[text.index("\nrun:\n"):]  # the groups, after the usage line
-    order = ["run:", "--config", "--resume", "--seed", "--device", "environments:", "--env",
-             "--env-kwargs", "--num-envs", "policy gradient:", "--gamma", "--alpha",
-             "evaluation, logging, checkpoints:", "--eval-episodes", "--quiet"]
-    where = [re.search(f"\n{item}\n" if item.endswith(":") else f"\n  {item}[ ,\n]",
-                       text).start() for item in order]
+    text = text[text.index("\nrun:\n") :]  # the groups, after the usage line
+    order = [
+        "run:",
+        "--config",
+        "--resume",
+        "--seed",
+        "--device",
+        "environments:",
+        "--env",
+        "--env-kwargs",
+        "--num-envs",
+        "policy gradient:",
+        "--gamma",
+        "--alpha",
+        "evaluation, logging, checkpoints:",
+        "--eval-episodes",
+        "--quiet",
+    ]
+    where = [
+        re.search(f"\n{item}\n" if item.endswith(":") else f"\n  {item}[ ,\n]", text).start()
+        for item in order
+    ]
     assert where == sorted(where), text
-    resume_help = " ".join(text[text.index("--resume"):text.index("--force")].split())
+    resume_help = " ".join(text[text.index("--resume") : text.index("--force")].split())
     assert "except --vector, --device, --torch-threads, --log-interval, --quiet" in resume_help
 
 
 def test_env_kwargs_values_are_toml_or_json_else_strings(capsys):
     from pylander.train import env_kwarg
 
-    cases = {"n=8": 8, "on=true": True, "x=0.5": 0.5, "l=[1, 2]": [1, 2], 's="a b"': "a b",
-             "w=hello": "hello", "e=": "", 't={"k": 1}': {"k": 1}, "d=1979-05-27": "1979-05-27",
-             "k= 3 ": 3}
+    cases = {
+        "n=8": 8,
+        "on=true": True,
+        "x=0.5": 0.5,
+        "l=[1, 2]": [1, 2],
+        's="a b"': "a b",
+        "w=hello": "hello",
+        "e=": "",
+        't={"k": 1}': {"k": 1},
+        "d=1979-05-27": "1979-05-27",
+        "k= 3 ": 3,
+    }
     for text, value in cases.items():
         assert env_kwarg(text) == (text.split("=")[0], value), text
     assert "expected KEY=VALUE, got 'oops'" in usage_error(["--env-kwargs", "oops"], capsys)
-    assert "env_kwargs must be a table of keyword arguments (TOML values: no null), got " \
+    assert (
+        "env_kwargs must be a table of keyword arguments (TOML values: no null), got "
         "{'n': None}" in usage_error(["--env-kwargs", "n=null"], capsys)
+    )
     message = usage_error(["--env", "CartPole-v1", "--env-kwargs", "nope=1"], capsys)
     assert message.startswith("--env CartPole-v1 cannot be created with --env-kwargs {'nope': 1}")
     assert "--env: cannot import module 'no_such_module'" in usage_error(
-        ["--env", "no_such_module:Nothing-v0"], capsys)
+        ["--env", "no_such_module:Nothing-v0"], capsys
+    )
 
 
 CORRIDOR = '''
@@ -293,19 +354,49 @@ def test_a_custom_env_and_its_kwargs_are_saved_and_rebuilt(corridor_module, tmp_
 
     env = "pylander_test_corridor:PylanderCorridor-v0"
     out = tmp_path / "run"
-    assert train_main([*FAST, "--env", env, "--env-kwargs", "length=7", "--total-steps", "128",
-                       "--out", str(out)]) == 0
+    assert (
+        train_main(
+            [
+                *FAST,
+                "--env",
+                env,
+                "--env-kwargs",
+                "length=7",
+                "--total-steps",
+                "128",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_mean_return"] == summary["eval_mean_return"] == 7.0  # length 7 it was
     saved = TrainConfig.load(out / "config.toml")
     assert (saved.env_id, saved.env_kwargs) == (env, {"length": 7})
     assert load_checkpoint(out / "best.pt")["config"]["env_kwargs"] == {"length": 7}
     # A fresh process rebuilds the env from the checkpoint alone (given the module's folder).
-    proc = subprocess.run([sys.executable, "-m", "pylander.evaluate", str(out), "--episodes", "3",
-                           "--json", "--video", str(tmp_path / "v.gif")], cwd=tmp_path,
-                          env={**SUBPROCESS_ENV, "PYTHONPATH": os.pathsep.join(
-                              [str(corridor_module), os.environ.get("PYTHONPATH", "")])},
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pylander.evaluate",
+            str(out),
+            "--episodes",
+            "3",
+            "--json",
+            "--video",
+            str(tmp_path / "v.gif"),
+        ],
+        cwd=tmp_path,
+        env={
+            **SUBPROCESS_ENV,
+            "PYTHONPATH": os.pathsep.join([str(corridor_module), os.environ.get("PYTHONPATH", "")]),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert (result["mean"], result["video_return"]) == (7.0, 7.0)
@@ -328,16 +419,19 @@ def test_evaluate_cli_usage_errors(finished_run, tmp_path, capsys):
     assert capsys.readouterr().err == f"error: no checkpoint at {tmp_path / 'nope.pt'}\n"
 
 
-VIDEO_ERRORS = [("v.avi", "--video must end in .gif or .mp4"),
-                ("missing/v.gif", "the folder {tmp}/missing does not exist"),
-                ("a-file/v.gif", "the folder {tmp}/a-file is not a folder"),
-                ("folder.gif", "is a directory"),
-                ("v.mp4", "writing .mp4 needs imageio-ffmpeg (pip install imageio-ffmpeg)")]
+VIDEO_ERRORS = [
+    ("v.avi", "--video must end in .gif or .mp4"),
+    ("missing/v.gif", "the folder {tmp}/missing does not exist"),
+    ("a-file/v.gif", "the folder {tmp}/a-file is not a folder"),
+    ("folder.gif", "is a directory"),
+    ("v.mp4", "writing .mp4 needs imageio-ffmpeg (pip install imageio-ffmpeg)"),
+]
 
 
 @pytest.mark.parametrize("name,message", VIDEO_ERRORS, ids=[n for n, _ in VIDEO_ERRORS])
-def test_evaluate_checks_the_video_path_before_evaluating(finished_run, tmp_path, monkeypatch,
-                                                          capsys, name, message):
+def test_evaluate_checks_the_video_path_before_evaluating(
+    finished_run, tmp_path, monkeypatch, capsys, name, message
+):
     import pylander.evaluate
 
     (tmp_path / "a-file").write_text("")
@@ -356,8 +450,20 @@ def test_evaluate_takes_a_run_directory_and_a_stochastic_video(finished_run, tmp
     only_latest = tmp_path / "run"
     only_latest.mkdir()
     (only_latest / "checkpoint.pt").write_bytes((finished_run / "checkpoint.pt").read_bytes())
-    assert evaluate_main([str(only_latest), "--episodes", "1", "--stochastic", "--json",
-                          "--video", str(tmp_path / "v.gif")]) == 0
+    assert (
+        evaluate_main(
+            [
+                str(only_latest),
+                "--episodes",
+                "1",
+                "--stochastic",
+                "--json",
+                "--video",
+                str(tmp_path / "v.gif"),
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["video"] == str(tmp_path / "v.gif")
     assert (tmp_path / "v.gif").stat().st_size > 0
     assert evaluate_main([str(tmp_path)]) == 2
@@ -379,26 +485,37 @@ def test_the_video_follows_stochastic_with_a_seeded_generator(tmp_path):
 
     path = tmp_path / "v.gif"
     greedy = {record_video(uniform, "CartPole-v1", path, seed) for seed in range(3)}
-    sampled = [record_video(uniform, "CartPole-v1", path, seed, stochastic=True)
-               for seed in range(3)]
+    sampled = [
+        record_video(uniform, "CartPole-v1", path, seed, stochastic=True) for seed in range(3)
+    ]
     assert max(sampled) > max(greedy)  # random actions keep it up longer than always-left
-    assert sampled == [record_video(uniform, "CartPole-v1", path, seed, stochastic=True)
-                       for seed in range(3)]  # the same seed records the same episode
+    assert sampled == [
+        record_video(uniform, "CartPole-v1", path, seed, stochastic=True) for seed in range(3)
+    ]  # the same seed records the same episode
 
 
 # --- the real processes ----------------------------------------------------------------------
 
 
 def run_module(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=SUBPROCESS_ENV,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_train_process_reports_bad_values_without_traceback(tmp_path):
-    proc = run_module("pylander.train", ["--env", "Pendulum-v1", "--out", str(tmp_path / "r")],
-                      tmp_path)
+    proc = run_module(
+        "pylander.train", ["--env", "Pendulum-v1", "--out", str(tmp_path / "r")], tmp_path
+    )
     assert proc.returncode == 2
-    assert "python -m pylander.train: error: --env: Pendulum-v1 has a Box action space" in proc.stderr
+    assert (
+        "python -m pylander.train: error: --env: Pendulum-v1 has a Box action space" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
 
 
@@ -419,13 +536,40 @@ def test_two_torchrun_nodes_train_one_run(tmp_path):
         port = sock.getsockname()[1]
     out = tmp_path / "run"
     env = {**SUBPROCESS_ENV, "GLOO_SOCKET_IFNAME": "lo", "PYLANDER_DIST_TIMEOUT": "60"}
-    nodes = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
-         "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
-         f"127.0.0.1:{port}", "--rdzv-id", "pylander-test", "-m", "pylander.train", *FAST,
-         "--total-steps", "512", "--out", str(out)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for rank in range(2)]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(rank),
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-id",
+                "pylander-test",
+                "-m",
+                "pylander.train",
+                *FAST,
+                "--total-steps",
+                "512",
+                "--out",
+                str(out),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
     try:
         results = [node.communicate(timeout=120) for node in nodes]
     finally:

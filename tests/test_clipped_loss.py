@@ -13,6 +13,7 @@ from torch.library import opcheck
 
 import pylander  # noqa: F401  (loads the ops)
 from pylander import ops, reference
+
 from conftest import tolerance
 
 OPS = torch.ops.pylander
@@ -128,8 +129,10 @@ def opcheck_cases():
         (OPS.pg_loss.default, (grad(logits), actions, weights, "mean", old, EPS)),
         (OPS.pg_loss.default, (grad(logits), actions, grad(weights), "sum", grad(old), EPS)),
         (OPS.pg_loss.default, (grad(logits), actions, weights, "mean", old, 0.0)),
-        (OPS.pg_loss_backward.default,
-         (scalar(1.5), scalar(-0.2), logits, actions, weights, "mean", old, EPS)),
+        (
+            OPS.pg_loss_backward.default,
+            (scalar(1.5), scalar(-0.2), logits, actions, weights, "mean", old, EPS),
+        ),
     ]
 
 
@@ -146,28 +149,61 @@ OLD = torch.log_softmax(Z, -1).gather(1, ACT[:, None])[:, 0]
 GRADS = (torch.tensor(1.0), torch.tensor(0.0))
 
 BAD_INPUTS = [
-    (lambda: ops.clipped_pg_loss(Z, ACT, W, OLD[:3], EPS), RuntimeError,
-     "`old_log_probs` must have B=4 entries"),
-    (lambda: ops.clipped_pg_loss(Z, ACT, W, OLD[:, None], EPS), RuntimeError,
-     "`old_log_probs` must have shape [B]"),
-    (lambda: ops.clipped_pg_loss(Z, ACT, W, OLD.double(), EPS), RuntimeError,
-     "`old_log_probs` must be Float"),
-    (lambda: ops.clipped_pg_loss(Z, ACT, W, OLD * float("nan"), EPS), ValueError,
-     "`old_log_probs` contains NaN or infinity"),
-    (lambda: ops.clipped_pg_loss(Z, ACT, W, OLD - float("inf"), EPS), ValueError,
-     "`old_log_probs` contains NaN or infinity"),
-    (lambda: ops.clipped_pg_loss(Z, ACT, W, OLD, -0.1), ValueError,
-     "`clip_coef` must be a finite number >= 0"),
-    (lambda: ops.clipped_pg_loss(Z, ACT, W, OLD, float("nan")), ValueError,
-     "`clip_coef` must be a finite number >= 0"),
-    (lambda: OPS.pg_loss(Z, ACT, W, "mean", None, EPS), ValueError,
-     "`clip_coef` > 0 needs `old_log_probs`"),
-    (lambda: OPS.pg_loss_backward(*GRADS, Z, ACT, W, "mean", OLD[:2], EPS), RuntimeError,
-     "`old_log_probs` must have B=4 entries"),
-    (lambda: OPS.pg_loss_backward(*GRADS, Z, ACT, W, "mean", OLD / 0, EPS), ValueError,
-     "`old_log_probs` contains NaN or infinity"),
-    (lambda: OPS.pg_loss_backward(*GRADS, Z, ACT, W, "mean", OLD, -1.0), ValueError,
-     "`clip_coef` must be a finite number >= 0"),
+    (
+        lambda: ops.clipped_pg_loss(Z, ACT, W, OLD[:3], EPS),
+        RuntimeError,
+        "`old_log_probs` must have B=4 entries",
+    ),
+    (
+        lambda: ops.clipped_pg_loss(Z, ACT, W, OLD[:, None], EPS),
+        RuntimeError,
+        "`old_log_probs` must have shape [B]",
+    ),
+    (
+        lambda: ops.clipped_pg_loss(Z, ACT, W, OLD.double(), EPS),
+        RuntimeError,
+        "`old_log_probs` must be Float",
+    ),
+    (
+        lambda: ops.clipped_pg_loss(Z, ACT, W, OLD * float("nan"), EPS),
+        ValueError,
+        "`old_log_probs` contains NaN or infinity",
+    ),
+    (
+        lambda: ops.clipped_pg_loss(Z, ACT, W, OLD - float("inf"), EPS),
+        ValueError,
+        "`old_log_probs` contains NaN or infinity",
+    ),
+    (
+        lambda: ops.clipped_pg_loss(Z, ACT, W, OLD, -0.1),
+        ValueError,
+        "`clip_coef` must be a finite number >= 0",
+    ),
+    (
+        lambda: ops.clipped_pg_loss(Z, ACT, W, OLD, float("nan")),
+        ValueError,
+        "`clip_coef` must be a finite number >= 0",
+    ),
+    (
+        lambda: OPS.pg_loss(Z, ACT, W, "mean", None, EPS),
+        ValueError,
+        "`clip_coef` > 0 needs `old_log_probs`",
+    ),
+    (
+        lambda: OPS.pg_loss_backward(*GRADS, Z, ACT, W, "mean", OLD[:2], EPS),
+        RuntimeError,
+        "`old_log_probs` must have B=4 entries",
+    ),
+    (
+        lambda: OPS.pg_loss_backward(*GRADS, Z, ACT, W, "mean", OLD / 0, EPS),
+        ValueError,
+        "`old_log_probs` contains NaN or infinity",
+    ),
+    (
+        lambda: OPS.pg_loss_backward(*GRADS, Z, ACT, W, "mean", OLD, -1.0),
+        ValueError,
+        "`clip_coef` must be a finite number >= 0",
+    ),
 ]
 
 

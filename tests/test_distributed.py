@@ -33,8 +33,9 @@ from pylander.envs import make_vector_env
 from pylander.logger import WALL_CLOCK
 from pylander.rollout import Rollout
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
-                                reason="torch.distributed is not available")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch.distributed is not available"
+)
 
 RANK_TIMEOUT_S = 120  # generous: the suite shares 2 cores with other work
 
@@ -47,10 +48,16 @@ def free_port() -> int:
 
 def rank_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     """What torchrun would set for a rank, on 127.0.0.1 only."""
-    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-            "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-            "LOCAL_WORLD_SIZE": str(world_size), "GLOO_SOCKET_IFNAME": "lo",
-            "PYLANDER_NO_TQDM": "1"}
+    return {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_WORLD_SIZE": str(world_size),
+        "GLOO_SOCKET_IFNAME": "lo",
+        "PYLANDER_NO_TQDM": "1",
+    }
 
 
 def _rank_main(target, rank, world_size, port, results, env, init):
@@ -71,9 +78,14 @@ def start_ranks(target, world_size=2, *, env=None, init=True):
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_rank_main, daemon=True,
-                         args=(target, rank, world_size, port, results, env or {}, init))
-             for rank in range(world_size)]
+    procs = [
+        ctx.Process(
+            target=_rank_main,
+            daemon=True,
+            args=(target, rank, world_size, port, results, env or {}, init),
+        )
+        for rank in range(world_size)
+    ]
     for p in procs:
         p.start()
     return procs, results
@@ -132,8 +144,15 @@ PARITY_CASES = {
 def parity_config(case: str, num_envs: int) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     settings = {k: v for k, v in PARITY_CASES[case].items() if k in fields}
-    return TrainConfig(env_id="CartPole-v1", seed=3, num_envs=num_envs, num_steps=T,
-                       ent_coef=0.01, learning_rate=3e-3, **settings)
+    return TrainConfig(
+        env_id="CartPole-v1",
+        seed=3,
+        num_envs=num_envs,
+        num_steps=T,
+        ent_coef=0.01,
+        learning_rate=3e-3,
+        **settings,
+    )
 
 
 def make_reinforce(config: TrainConfig):
@@ -146,7 +165,9 @@ def make_reinforce(config: TrainConfig):
 
 def columns(rollout: Rollout, rank: int) -> Rollout:
     part = slice(rank * E, (rank + 1) * E)
-    return Rollout(*(getattr(rollout, f.name)[:, part].clone() for f in dataclasses.fields(Rollout)))
+    return Rollout(
+        *(getattr(rollout, f.name)[:, part].clone() for f in dataclasses.fields(Rollout))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +181,9 @@ def single_process_runs():
         rollouts = []
         for _ in range(UPDATES):
             rollout = algo.collector.collect()
-            rollouts.append(Rollout(*(getattr(rollout, f.name).clone()
-                                      for f in dataclasses.fields(Rollout))))
+            rollouts.append(
+                Rollout(*(getattr(rollout, f.name).clone() for f in dataclasses.fields(Rollout)))
+            )
             algo.update(rollout)
         envs.close()
         runs[case] = (rollouts, start, algo.policy.state_dict())
@@ -184,13 +206,19 @@ def test_two_ranks_make_the_single_process_update(single_process_runs):
         for name, value in want.items():
             # Bitwise equal across ranks; equal to one process up to float summation order.
             torch.testing.assert_close(ranks[1][case][name], ranks[0][case][name], rtol=0, atol=0)
-            torch.testing.assert_close(ranks[0][case][name], value, rtol=1e-5, atol=1e-6,
-                                       msg=lambda m: f"{case} {name}: {m}")
+            torch.testing.assert_close(
+                ranks[0][case][name],
+                value,
+                rtol=1e-5,
+                atol=1e-6,
+                msg=lambda m, case=case, name=name: f"{case} {name}: {m}",
+            )
         moved = max((want[k] - start[k]).abs().max().item() for k in want)
         assert moved > 1e-3, f"{case}: the parameters barely moved ({moved})"
 
 
 # --- the Collective's guards --------------------------------------------------------------------
+
 
 def test_collective_guards_fail_on_every_rank():
     def guards(rank):
@@ -206,6 +234,7 @@ def test_collective_guards_fail_on_every_rank():
 
         def load():
             raise CheckpointError("bad checkpoint on rank 0's disk")
+
         try:
             comm.on_main(load)
         except CheckpointError as exc:
@@ -237,6 +266,7 @@ def test_seed_algorithm_refuses_several_ranks(tmp_path):
 
 # --- the trainer: stop agreement, identical ranks, resume ---------------------------------------
 
+
 def test_rank_zero_alone_evaluates_and_all_ranks_stop_together(tmp_path, monkeypatch):
     import pylander.trainer as trainer
 
@@ -249,9 +279,18 @@ def test_rank_zero_alone_evaluates_and_all_ranks_stop_together(tmp_path, monkeyp
 
     monkeypatch.setattr(trainer, "evaluate", counting_evaluate)
     monkeypatch.setattr(trainer, "reward_threshold", lambda env_id: 0.0)  # solved at 100 episodes
-    config = TrainConfig(env_id="CartPole-v1", num_envs=4, num_steps=16, total_steps=100_000,
-                         stop_when_solved=True, eval_episodes=2, eval_interval=1024,
-                         eval_interval_episodes=2, out=str(tmp_path / "solved"), quiet=True)
+    config = TrainConfig(
+        env_id="CartPole-v1",
+        num_envs=4,
+        num_steps=16,
+        total_steps=100_000,
+        stop_when_solved=True,
+        eval_episodes=2,
+        eval_interval=1024,
+        eval_interval_episodes=2,
+        out=str(tmp_path / "solved"),
+        quiet=True,
+    )
 
     def target(rank):
         return trainer.train(dataclasses.replace(config)), len(calls)
@@ -265,8 +304,20 @@ def test_rank_zero_alone_evaluates_and_all_ranks_stop_together(tmp_path, monkeyp
     assert json.loads((tmp_path / "solved" / "summary.json").read_text())["stop_reason"] == "solved"
 
 
-RUN = ["--env", "CartPole-v1", "--num-envs", "2", "--num-steps", "16", "--checkpoint-interval", "8",
-       "--no-anneal-lr", "--eval-episodes", "2", "--quiet"]
+RUN = [
+    "--env",
+    "CartPole-v1",
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "16",
+    "--checkpoint-interval",
+    "8",
+    "--no-anneal-lr",
+    "--eval-episodes",
+    "2",
+    "--quiet",
+]
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -284,12 +335,31 @@ def train_ranks(args: list[str], world_size: int = 2) -> list:
 def launcher_run(tmp_path_factory):
     """`python -m pylander.train --procs 2`, the one-command form, for 16 updates."""
     out = tmp_path_factory.mktemp("launcher") / "run"
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "PYLANDER_NO_TQDM": "1",
-           "PYLANDER_DIST_TIMEOUT": "60"}
-    proc = subprocess.run([sys.executable, "-m", "pylander.train", "--procs", "2", *RUN,
-                           "--total-steps", "1024", "--out", str(out)],
-                          env=env, cwd=out.parent, capture_output=True, text=True,
-                          timeout=RANK_TIMEOUT_S)
+    env = {
+        **os.environ,
+        "GLOO_SOCKET_IFNAME": "lo",
+        "PYLANDER_NO_TQDM": "1",
+        "PYLANDER_DIST_TIMEOUT": "60",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pylander.train",
+            "--procs",
+            "2",
+            *RUN,
+            "--total-steps",
+            "1024",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        cwd=out.parent,
+        capture_output=True,
+        text=True,
+        timeout=RANK_TIMEOUT_S,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -305,8 +375,13 @@ def test_launcher_runs_two_ranks(launcher_run):
     payload = load_checkpoint(launcher_run / "checkpoint.pt")
     assert payload["trainer"]["counters"]["update"] == 16
     assert sorted(p.name for p in launcher_run.iterdir() if not p.name.startswith("events")) == [
-        "best.pt", "checkpoint.pt", "config.toml", "learning_curve.png", "metrics.csv",
-        "summary.json"]
+        "best.pt",
+        "checkpoint.pt",
+        "config.toml",
+        "learning_curve.png",
+        "metrics.csv",
+        "summary.json",
+    ]
 
 
 def test_resumed_two_rank_run_matches_the_uninterrupted_one(launcher_run, tmp_path):
@@ -322,6 +397,7 @@ def test_resumed_two_rank_run_matches_the_uninterrupted_one(launcher_run, tmp_pa
 
 
 # --- a rank that dies or hangs ------------------------------------------------------------------
+
 
 def wait_for_updates(metrics: Path, updates: int, procs, timeout=RANK_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
@@ -342,6 +418,7 @@ def test_a_lost_rank_makes_the_others_fail_clearly(tmp_path, fault):
     out = tmp_path / "run"
     args = [*RUN, "--total-steps", "100000000", "--out", str(out)]
     timeout_s = 5
+
     def run(rank):
         # main() turns DistributedError into "error: ..." on stderr and exit status 1.
         stderr = io.StringIO()

@@ -26,7 +26,8 @@ from pylander.train import main as train_main
 
 needs_envpool = pytest.mark.skipif(
     importlib.util.find_spec("envpool") is None,
-    reason="envpool is not installed (pip install 'pylander[envpool]')")
+    reason="envpool is not installed (pip install 'pylander[envpool]')",
+)
 BACKENDS = ["gymnasium", pytest.param("envpool", marks=needs_envpool)]
 
 
@@ -43,8 +44,9 @@ def test_step_after_an_episode_end_resets_with_reward_0_and_the_rollout_marks_it
     envs = make_vector_env("CartPole-v1", 4, backend=backend)
     torch.manual_seed(0)
     policy = ActorCritic(4, 2, [8], critic=False)
-    collector = RolloutCollector(envs, policy, 64, torch.Generator().manual_seed(0),
-                                 torch.device("cpu"))
+    collector = RolloutCollector(
+        envs, policy, 64, torch.Generator().manual_seed(0), torch.device("cpu")
+    )
     collector.reset(seed=1)
     rollout = collector.collect()
     envs.close()
@@ -99,8 +101,12 @@ def test_reset_with_a_seed_restarts_the_same_episodes(backend):
 def test_envpool_envs_have_gymnasiums_spaces_and_stay_inside_them(env_id):
     reference = make_vector_env(env_id, 2)
     envs = make_vector_env(env_id, 2, backend="envpool")
-    for name in ["single_observation_space", "single_action_space", "observation_space",
-                 "action_space"]:
+    for name in [
+        "single_observation_space",
+        "single_action_space",
+        "observation_space",
+        "action_space",
+    ]:
         assert getattr(envs, name) == getattr(reference, name), name
     assert check_spaces(envs, env_id) == check_spaces(reference, env_id)
     obs, _ = envs.reset(seed=0)
@@ -138,8 +144,19 @@ def test_config_refuses_an_env_envpool_lacks():
 
 # --- training ---------------------------------------------------------------------------------
 
-ENVPOOL_RUN = ["--env-backend", "envpool", "--num-envs", "4", "--num-steps", "16",
-               "--checkpoint-interval", "4", "--eval-episodes", "2", "--quiet"]
+ENVPOOL_RUN = [
+    "--env-backend",
+    "envpool",
+    "--num-envs",
+    "4",
+    "--num-steps",
+    "16",
+    "--checkpoint-interval",
+    "4",
+    "--eval-episodes",
+    "2",
+    "--quiet",
+]
 
 
 @needs_envpool
@@ -148,8 +165,10 @@ def test_envpool_training_writes_its_outputs_and_repeats_exactly(tmp_path, env_i
     runs = []
     for name in ["a", "b"]:
         out = tmp_path / name
-        assert train_main([*ENVPOOL_RUN, "--env", env_id, "--total-steps", "1024",
-                           "--out", str(out)]) == 0
+        assert (
+            train_main([*ENVPOOL_RUN, "--env", env_id, "--total-steps", "1024", "--out", str(out)])
+            == 0
+        )
         runs.append(read_metrics(out / "metrics.csv"))
     for name in ["config.toml", "metrics.csv", "checkpoint.pt", "best.pt", "summary.json"]:
         assert (out / name).is_file(), name
@@ -178,8 +197,9 @@ EPISODES = 150
 
 def episode_returns(backend: str, policy: str) -> np.ndarray:
     """Returns of the first EPISODES episodes that 16 envs finish under ``policy`` (seed 0)."""
-    envs = RecordEpisodeStatistics(make_vector_env("LunarLander-v3", 16, backend=backend),
-                                   buffer_length=EPISODES + 16)
+    envs = RecordEpisodeStatistics(
+        make_vector_env("LunarLander-v3", 16, backend=backend), buffer_length=EPISODES + 16
+    )
     lander = gym.make("LunarLander-v3")  # the heuristic reads only its discrete/continuous flag
     rng = np.random.default_rng(0)
     obs, _ = envs.reset(seed=0)
@@ -203,4 +223,5 @@ def test_envpool_lunarlander_mean_return_is_within_3_standard_errors_of_gymnasiu
     difference = ours.mean() - theirs.mean()
     assert abs(difference) < 3 * standard_error, (
         f"envpool {ours.mean():.1f} vs gymnasium {theirs.mean():.1f} over {EPISODES} episodes "
-        f"(standard error of the difference {standard_error:.1f})")
+        f"(standard error of the difference {standard_error:.1f})"
+    )

@@ -19,8 +19,20 @@ import pytest
 
 from pylander import aggregate, experiment
 
-TRAIN = ["--env", "CartPole-v1", "--num-envs", "4", "--num-steps", "32", "--total-steps", "512",
-         "--eval-episodes", "2", "--checkpoint-interval", "2"]
+TRAIN = [
+    "--env",
+    "CartPole-v1",
+    "--num-envs",
+    "4",
+    "--num-steps",
+    "32",
+    "--total-steps",
+    "512",
+    "--eval-episodes",
+    "2",
+    "--checkpoint-interval",
+    "2",
+]
 ENV = {**os.environ, "PYLANDER_NO_TQDM": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -33,8 +45,9 @@ def run(argv: list[str]) -> tuple[int, str]:
 
 def summaries(out: Path) -> dict[str, tuple[int, str]]:
     """The finished seeds' summary.json: (mtime, text) by run directory."""
-    found = {p.parent.name: (p.stat().st_mtime_ns, p.read_text())
-             for p in out.glob("seed*/summary.json")}
+    found = {
+        p.parent.name: (p.stat().st_mtime_ns, p.read_text()) for p in out.glob("seed*/summary.json")
+    }
     return {name: s for name, s in found.items() if '"stop_reason": "interrupted"' not in s[1]}
 
 
@@ -43,8 +56,12 @@ def experiment_dir(tmp_path_factory) -> dict:
     """Start an experiment, SIGKILL it once a seed has finished, rerun it, then rerun again."""
     out = tmp_path_factory.mktemp("experiment") / "exp"
     argv = ["--seeds", "1", "2", "3", "--jobs", "2", "--out", str(out), "--", *TRAIN]
-    parent = subprocess.Popen([sys.executable, "-m", "pylander.experiment", *argv], env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "pylander.experiment", *argv],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not summaries(out) and time.monotonic() < deadline and parent.poll() is None:
         time.sleep(0.1)
@@ -55,8 +72,14 @@ def experiment_dir(tmp_path_factory) -> dict:
     resumed = run(argv)
     after_rerun = summaries(out)
     again = run(argv)
-    return {"out": out, "argv": argv, "at_kill": at_kill, "resumed": resumed,
-            "after_rerun": after_rerun, "again": again}
+    return {
+        "out": out,
+        "argv": argv,
+        "at_kill": at_kill,
+        "resumed": resumed,
+        "after_rerun": after_rerun,
+        "again": again,
+    }
 
 
 def test_a_killed_experiment_loses_no_finished_seed(experiment_dir):
@@ -86,8 +109,10 @@ def test_it_writes_the_table_the_json_and_the_curve(experiment_dir):
     assert results["summary"]["finished"] == 3 and len(results["runs"]) == 3
     curve = results["curve"]
     assert len(curve["steps"]) == aggregate.GRID_POINTS and len(curve["iqm_ci"][0]) == 50
-    assert all(lo <= m <= hi for lo, m, hi in zip(*[curve["mean_ci"][0], curve["mean"],
-                                                    curve["mean_ci"][1]]))
+    assert all(
+        lo <= m <= hi
+        for lo, m, hi in zip(*[curve["mean_ci"][0], curve["mean"], curve["mean_ci"][1]])
+    )
     assert (out / "curve.png").stat().st_size > 10_000
 
 
@@ -99,19 +124,25 @@ def test_other_settings_in_the_same_folder_are_refused(experiment_dir, capsys):
     assert "holds a run with other settings" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,message", [
-    ([], "give the seeds: --seeds S [S ...] or --num-seeds N"),
-    (["--num-seeds", "0"], "give the seeds"),
-    (["--seeds", "1", "2", "1"], "--seeds: each seed once, got 1 2 1"),
-    (["--seeds", "1", "--jobs", "0"], "--jobs must be positive, got 0"),
-    (["--seeds", "1", "--num-seeds", "3"], "not allowed with argument"),
-    (["--seeds", "1", "--", "--seed", "4"], "--seed is the experiment's to give"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        ([], "give the seeds: --seeds S [S ...] or --num-seeds N"),
+        (["--num-seeds", "0"], "give the seeds"),
+        (["--seeds", "1", "2", "1"], "--seeds: each seed once, got 1 2 1"),
+        (["--seeds", "1", "--jobs", "0"], "--jobs must be positive, got 0"),
+        (["--seeds", "1", "--num-seeds", "3"], "not allowed with argument"),
+        (["--seeds", "1", "--", "--seed", "4"], "--seed is the experiment's to give"),
+    ],
+)
 def test_bad_input_is_a_usage_error_and_writes_nothing(argv, message, tmp_path, capsys):
     out = tmp_path / "exp"
     with pytest.raises(SystemExit) as info:
-        experiment.main([*argv, "--out", str(out)] if "--" not in argv else
-                        [*argv[:argv.index("--")], "--out", str(out), *argv[argv.index("--"):]])
+        experiment.main(
+            [*argv, "--out", str(out)]
+            if "--" not in argv
+            else [*argv[: argv.index("--")], "--out", str(out), *argv[argv.index("--") :]]
+        )
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "python -m pylander.experiment: error: " in err and message in err, err
@@ -120,8 +151,12 @@ def test_bad_input_is_a_usage_error_and_writes_nothing(argv, message, tmp_path, 
 
 def test_the_curve_interpolates_runs_onto_one_grid_and_takes_their_iqm():
     # Two runs seen at different steps; the one that stopped early holds its last value.
-    grid, values = aggregate.common_grid([(np.array([0.0, 100.0]), np.array([0.0, 100.0])),
-                                          (np.array([0.0, 50.0]), np.array([10.0, 20.0]))])
+    grid, values = aggregate.common_grid(
+        [
+            (np.array([0.0, 100.0]), np.array([0.0, 100.0])),
+            (np.array([0.0, 50.0]), np.array([10.0, 20.0])),
+        ]
+    )
     assert grid[0] == 0 and grid[-1] == 100
     np.testing.assert_allclose(values[0], grid)
     assert values[1][-1] == 20.0

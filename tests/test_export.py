@@ -13,11 +13,11 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from tiny_run import env_observations, train_tiny_run
 
 from pylander import reference
 from pylander.agent import Agent
 from pylander.export import export, main
-from tiny_run import env_observations, train_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,12 @@ def run_without_pylander(script: str, *args) -> dict:
     """Run ``script`` in a fresh, isolated interpreter where pylander (and, for ONNX, torch)
     cannot be imported; returns the JSON it prints."""
     blocker = "import sys\nsys.modules['pylander'] = None\n"
-    done = subprocess.run([sys.executable, "-I", "-c", blocker + textwrap.dedent(script),
-                           *map(str, args)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", blocker + textwrap.dedent(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -85,8 +89,11 @@ def test_onnx_matches_predict_on_real_observations(agent, onnx_file, observation
     normalizer = agent.policy.net.normalizer
     assert normalizer is not None and normalizer.count.item() > 0
     raw = normalizer.__class__(4)  # identity statistics
-    assert not np.allclose(out["logits"], agent.policy.net.actor(raw(torch.as_tensor(
-        observations))).detach().numpy(), atol=1e-3)
+    assert not np.allclose(
+        out["logits"],
+        agent.policy.net.actor(raw(torch.as_tensor(observations))).detach().numpy(),
+        atol=1e-3,
+    )
     assert info["dtypes"] == ["float32", "int64"]
     assert info["meta"]["pylander.env_id"] == "CartPole-v1"
     assert info["meta"]["pylander.obs_size"] == "4"
@@ -142,17 +149,33 @@ def test_default_output_is_beside_the_checkpoint(run_dir, tmp_path, capsys):
     assert {p.name for p in tmp_path.iterdir()} == {written.name, "checkpoint.pt"}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["{tmp}/missing.pt"], "no checkpoint at"),
-    (["{tmp}"], "neither best.pt nor checkpoint.pt"),
-    (["{run}", "--format", "tflite"], "--format must be one of onnx, torchscript, got 'tflite'"),
-    (["{run}", "--output", "{tmp}/no/such/dir/p.onnx"], "folder .* does not exist"),
-    (["{run}", "--output", "{run}/config.toml/p.onnx"], "folder .* is not a folder"),
-    (["{run}", "--output", "{tmp}"], "is a directory; give a file name"),
-    (["{run}/best.pt", "--format", "torchscript", "--output", "{run}/best.pt"],
-     "is the checkpoint itself"),
-], ids=["missing", "empty-dir", "format", "no-folder", "folder-is-file", "output-is-dir",
-        "overwrite"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/missing.pt"], "no checkpoint at"),
+        (["{tmp}"], "neither best.pt nor checkpoint.pt"),
+        (
+            ["{run}", "--format", "tflite"],
+            "--format must be one of onnx, torchscript, got 'tflite'",
+        ),
+        (["{run}", "--output", "{tmp}/no/such/dir/p.onnx"], "folder .* does not exist"),
+        (["{run}", "--output", "{run}/config.toml/p.onnx"], "folder .* is not a folder"),
+        (["{run}", "--output", "{tmp}"], "is a directory; give a file name"),
+        (
+            ["{run}/best.pt", "--format", "torchscript", "--output", "{run}/best.pt"],
+            "is the checkpoint itself",
+        ),
+    ],
+    ids=[
+        "missing",
+        "empty-dir",
+        "format",
+        "no-folder",
+        "folder-is-file",
+        "output-is-dir",
+        "overwrite",
+    ],
+)
 def test_cli_errors_are_one_line_with_exit_code_2(run_dir, tmp_path, capsys, args, message):
     before = sorted(run_dir.iterdir())
     argv = [a.format(tmp=tmp_path, run=run_dir) for a in args]
@@ -168,8 +191,10 @@ def test_missing_onnx_packages_say_how_to_install(run_dir, tmp_path, capsys, mon
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # makes `import onnxscript` fail
     assert main([str(run_dir), "--output", str(tmp_path / "p.onnx")]) == 2
     err = capsys.readouterr().err
-    assert err == ("error: ONNX export needs the onnxscript package, which is not installed: "
-                   "pip install 'pylander[export]'\n")
+    assert err == (
+        "error: ONNX export needs the onnxscript package, which is not installed: "
+        "pip install 'pylander[export]'\n"
+    )
 
 
 def test_a_failed_write_leaves_no_file(agent, tmp_path, monkeypatch):
@@ -182,4 +207,3 @@ def test_a_failed_write_leaves_no_file(agent, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="cannot write .*p.pt: No space left on device"):
         export(agent, tmp_path / "p.pt", "torchscript")
     assert list(tmp_path.iterdir()) == []
-

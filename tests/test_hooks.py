@@ -16,8 +16,16 @@ from pylander.trainer import train
 
 
 def tiny(tmp_path, name="run", **overrides) -> TrainConfig:
-    settings = dict(env_id="CartPole-v1", num_envs=4, num_steps=32, total_steps=1280,
-                    eval_episodes=3, eval_interval=0, out=str(tmp_path / name), quiet=True)
+    settings = dict(
+        env_id="CartPole-v1",
+        num_envs=4,
+        num_steps=32,
+        total_steps=1280,
+        eval_episodes=3,
+        eval_interval=0,
+        out=str(tmp_path / name),
+        quiet=True,
+    )
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -80,9 +88,11 @@ def test_metrics_csv_widens_its_header_and_keeps_columns_on_resume(tmp_path):
     log.write({"update": 2, "a": 2.5, "b": 7})
     log.write({"update": 3, "b": 8})
     log.close()
-    assert read_rows(path) == [{"update": "1", "a": "1.5", "b": ""},
-                               {"update": "2", "a": "2.5", "b": "7"},
-                               {"update": "3", "a": "", "b": "8"}]
+    assert read_rows(path) == [
+        {"update": "1", "a": "1.5", "b": ""},
+        {"update": "2", "a": "2.5", "b": "7"},
+        {"update": "3", "a": "", "b": "8"},
+    ]
     resumed = MetricsCSV(path, resume_update=2)  # rows after the checkpoint are redone
     resumed.write({"update": 3, "a": 9.0})
     resumed.close()
@@ -100,8 +110,9 @@ def test_periodic_evaluation_chooses_best_pt_and_the_result_is_scored_fresh(tmp_
         if "eval_mean_return" in info.metrics:
             evals.append((info.steps, info.metrics["eval_mean_return"]))
             if info.metrics["eval_mean_return"] == max(v for _, v in evals):
-                best_seen.append({k: v.clone() for k, v in
-                                  info.run.algorithm.policy.state_dict().items()})
+                best_seen.append(
+                    {k: v.clone() for k, v in info.run.algorithm.policy.state_dict().items()}
+                )
 
     summary = train(config, callbacks=[watch])
     assert [s for s, _ in evals] == [1024, 2048, 3072, 4096]
@@ -122,8 +133,13 @@ def test_stop_when_solved_stops_on_the_periodic_evaluation(tmp_path, monkeypatch
     import pylander.trainer as trainer
 
     monkeypatch.setattr(trainer, "reward_threshold", lambda env_id: 0.0)  # any policy solves it
-    config = tiny(tmp_path, total_steps=100_000, eval_interval=512, eval_interval_episodes=2,
-                  stop_when_solved=True)
+    config = tiny(
+        tmp_path,
+        total_steps=100_000,
+        eval_interval=512,
+        eval_interval_episodes=2,
+        stop_when_solved=True,
+    )
     summary = train(config)
     assert summary["stop_reason"] == "solved" and summary["steps"] == 512
     assert summary["solved"] and summary["eval_episodes"] == 3

@@ -18,6 +18,7 @@ from torch.torch_version import TorchVersion
 
 import pylander
 from pylander import ops, reference
+
 from conftest import dominant_logits, needs_cuda, on_cpu, random_batch, random_rollout, tolerance
 
 OPS = torch.ops.pylander
@@ -88,9 +89,13 @@ def test_scan_gradients_match_reference_autograd(T, N, device):
     want = grads(lambda r, b: reference_returns_autograd(r, dones, 0.9, b), rewards, last)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
-    got = grads(lambda r, v, l: ops.gae(r, v, dones, l, 0.9, 0.8), rewards, values, last)
-    want = grads(lambda r, v, l: reference_gae_autograd(r, v, dones, l, 0.9, 0.8),
-                 rewards, values, last)
+    got = grads(lambda r, v, last_v: ops.gae(r, v, dones, last_v, 0.9, 0.8), rewards, values, last)
+    want = grads(
+        lambda r, v, last_v: reference_gae_autograd(r, v, dones, last_v, 0.9, 0.8),
+        rewards,
+        values,
+        last,
+    )
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
 
@@ -173,8 +178,11 @@ def opcheck_cases(device: torch.device, dtype: torch.dtype) -> list:
         (OPS.sample_categorical.default, (one_hot_logits, None), None),
         # AOT dispatch takes a Generator argument from torch 2.13 on (2.11 raised
         # NotImplementedError for it; 2.12 untried); the case above covers it without one.
-        (OPS.sample_categorical.default, (one_hot_logits, g),
-         None if TorchVersion(torch.__version__) >= "2.13" else THREE_CHECKS),
+        (
+            OPS.sample_categorical.default,
+            (one_hot_logits, g),
+            None if TorchVersion(torch.__version__) >= "2.13" else THREE_CHECKS,
+        ),
         # opcheck's AOT test sums outputs into the first one's dtype (int64 actions) and fails on
         # the float grads; the other three checks still cover the autograd registration.
         (OPS.sample_categorical.default, (grad(one_hot_logits), None), THREE_CHECKS),
@@ -280,8 +288,9 @@ def test_pg_loss_backward_matches_cpu(cuda, dtype, shape):
         args = [*grads, logits, actions, weights, reduction]
         out = OPS.pg_loss_backward(*args)
         assert out.device == cuda and out.shape == logits.shape
-        torch.testing.assert_close(out.cpu(), OPS.pg_loss_backward(*on_cpu(*args)),
-                                   **tolerance(dtype))
+        torch.testing.assert_close(
+            out.cpu(), OPS.pg_loss_backward(*on_cpu(*args)), **tolerance(dtype)
+        )
         # 0-dim CPU gradients are accepted too (torch lets CPU scalars mix with CUDA tensors).
         out_cpu_grads = OPS.pg_loss_backward(*on_cpu(*grads), logits, actions, weights, reduction)
         torch.testing.assert_close(out_cpu_grads, out)

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pylander import ops, reference
+
 from conftest import DEVICES, random_batch, random_rollout
 
 OPS = torch.ops.pylander
@@ -29,8 +30,12 @@ def bad_inputs(device: torch.device | str) -> list:
     Z, ACT, W = zeros(3, 4), zeros(3, dtype=torch.long), torch.ones(3, device=device)
     NAN_R = tensor([[0.0, float("nan")]] * 4)
     INF_Z = tensor([[0.0, float("inf"), 0.0, 0.0]] * 3)
-    returns, gae, pg_loss, sample = (ops.discounted_returns, ops.gae, ops.pg_loss,
-                                     ops.sample_categorical)
+    returns, gae, pg_loss, sample = (
+        ops.discounted_returns,
+        ops.gae,
+        ops.pg_loss,
+        ops.sample_categorical,
+    )
     return [
         (lambda: returns(R.long(), D, 0.9), RuntimeError, "`rewards` must be float32 or float64"),
         (lambda: returns(R.half(), D, 0.9), RuntimeError, "`rewards` must be float32"),
@@ -43,11 +48,17 @@ def bad_inputs(device: torch.device | str) -> list:
         (lambda: returns(NAN_R, D, 0.9), ValueError, "`rewards` contains NaN"),
         (lambda: returns(R, D, 0.9, zeros(3)), RuntimeError, "`bootstrap` must have N=2"),
         (lambda: returns(R, D, 0.9, zeros(2).double()), RuntimeError, "`bootstrap` must be Float"),
-        (lambda: returns(R, D, 0.9, tensor([0.0, float("inf")])), ValueError,
-         "contains NaN or infinity"),
+        (
+            lambda: returns(R, D, 0.9, tensor([0.0, float("inf")])),
+            ValueError,
+            "contains NaN or infinity",
+        ),
         (lambda: gae(R, R, D, zeros(2), 0.9, 1.1), ValueError, "`lam` must be in [0, 1]"),
-        (lambda: gae(R, R[:2], D, zeros(2), 0.9, 0.9), RuntimeError,
-         "`values` must have the shape of `rewards`"),
+        (
+            lambda: gae(R, R[:2], D, zeros(2), 0.9, 0.9),
+            RuntimeError,
+            "`values` must have the shape of `rewards`",
+        ),
         (lambda: gae(R, NAN_R, D, zeros(2), 0.9, 0.9), ValueError, "contains NaN"),
         (lambda: gae(R, R, D, zeros(5), 0.9, 0.9), RuntimeError, "`last_values` must have N=2"),
         (lambda: pg_loss(Z.int(), ACT, W), RuntimeError, "`logits` must be float32 or float64"),
@@ -59,7 +70,7 @@ def bad_inputs(device: torch.device | str) -> list:
         (lambda: pg_loss(Z, ACT - 1, W), ValueError, "`actions` must lie in [0, 4)"),
         (lambda: pg_loss(INF_Z, ACT, W), ValueError, "`logits` or `weights` contains NaN"),
         (lambda: pg_loss(Z, ACT, W * float("nan")), ValueError, "contains NaN"),
-        (lambda: pg_loss(Z, ACT, W, "max"), ValueError, "`reduction` must be \"mean\" or \"sum\""),
+        (lambda: pg_loss(Z, ACT, W, "max"), ValueError, '`reduction` must be "mean" or "sum"'),
         (lambda: pg_loss(zeros(3, 0), ACT, W), RuntimeError, "at least one action"),
         (lambda: sample(Z.long()), RuntimeError, "`logits` must be float32"),
         (lambda: sample(zeros(2, 3, 4)), RuntimeError, "`logits` must have shape [B, A]"),
@@ -91,8 +102,16 @@ def test_non_finite_inputs_raise_value_error(dtype, device):
     raises(message, ops.discounted_returns, rewards, dones, 0.9, boot)
     # T == 0: the bootstrap is still checked.
     raises(message, ops.discounted_returns, rewards[:0], dones[:0], 0.9, boot)
-    raises("pylander: `rewards`, `values` or `last_values` contains NaN or infinity",
-           ops.gae, rewards, values, dones, boot, 0.9, 0.9)
+    raises(
+        "pylander: `rewards`, `values` or `last_values` contains NaN or infinity",
+        ops.gae,
+        rewards,
+        values,
+        dones,
+        boot,
+        0.9,
+        0.9,
+    )
 
     logits, actions, weights = random_batch(5, 3, dtype, device)
     bad_logits = logits.clone()
@@ -103,8 +122,15 @@ def test_non_finite_inputs_raise_value_error(dtype, device):
     bad_weights[0] = float("nan")
     raises(message, ops.pg_loss, logits, actions, bad_weights)
     grads = [torch.tensor(1.0, dtype=dtype, device=device)] * 2
-    raises("pylander: `logits` contains NaN or infinity",
-           OPS.pg_loss_backward, *grads, bad_logits, actions, weights, "mean")
+    raises(
+        "pylander: `logits` contains NaN or infinity",
+        OPS.pg_loss_backward,
+        *grads,
+        bad_logits,
+        actions,
+        weights,
+        "mean",
+    )
     raises("pylander: `logits` contains NaN or infinity", ops.sample_categorical, bad_logits)
 
 
@@ -140,8 +166,10 @@ def test_device_mismatch_errors(cuda):
     rewards, dones, values, last = random_rollout(4, 3, torch.float32, 0.1, device=cuda)
 
     def mismatch(name, where, ref, ref_where):
-        return re.escape(f"pylander: `{name}` is on {where} but `{ref}` is on {ref_where}; "
-                         "move them to the same device")
+        return re.escape(
+            f"pylander: `{name}` is on {where} but `{ref}` is on {ref_where}; "
+            "move them to the same device"
+        )
 
     with pytest.raises(RuntimeError, match=mismatch("dones", cpu, "rewards", cuda)):
         ops.discounted_returns(rewards, dones.cpu(), 0.9)
@@ -180,8 +208,13 @@ def lists_of(size: int, elements: st.SearchStrategy) -> st.SearchStrategy:
 # (function-scoped) fixture.
 @pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=150, deadline=None)
-@given(T=st.integers(0, 12), N=st.integers(0, 5), gamma=st.floats(-0.5, 1.5),
-       lam=st.floats(-0.5, 1.5), data=st.data())
+@given(
+    T=st.integers(0, 12),
+    N=st.integers(0, 5),
+    gamma=st.floats(-0.5, 1.5),
+    lam=st.floats(-0.5, 1.5),
+    data=st.data(),
+)
 def test_fuzz_scans(device, T, N, gamma, lam, data):
     values = data.draw(lists_of(T * N, st.one_of(finite_floats, any_floats)))
     rewards = torch.tensor(values, dtype=torch.float32).reshape(T, N)
@@ -196,10 +229,16 @@ def test_fuzz_scans(device, T, N, gamma, lam, data):
     with torch.no_grad():
         torch.testing.assert_close(
             ops.discounted_returns(on(r), on(dones), gamma).cpu(),
-            reference.discounted_returns(r, dones, gamma), rtol=1e-9, atol=1e-6)
+            reference.discounted_returns(r, dones, gamma),
+            rtol=1e-9,
+            atol=1e-6,
+        )
         torch.testing.assert_close(
             ops.gae(on(r), on(r), on(dones), on(last), gamma, lam).cpu(),
-            reference.gae(r, r, dones, last, gamma, lam), rtol=1e-9, atol=1e-6)
+            reference.gae(r, r, dones, last, gamma, lam),
+            rtol=1e-9,
+            atol=1e-6,
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)

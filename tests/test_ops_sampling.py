@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pylander import ops
+
 from conftest import dominant_logits, random_batch, tolerance
 
 
@@ -20,7 +21,7 @@ def test_sample_categorical_shapes_and_log_probs(B, A, dtype, device):
         assert actions.shape == (B,) and actions.dtype == torch.long and actions.device == device
         assert log_probs.shape == (B,) and log_probs.dtype == dtype and log_probs.device == device
         if B:
-            assert 0 <= actions.min() and actions.max() < A
+            assert actions.min() >= 0 and actions.max() < A
         want = torch.log_softmax(logits, -1).gather(1, actions.unsqueeze(1)).squeeze(1)
         torch.testing.assert_close(log_probs, want, **tolerance(dtype))
 
@@ -81,8 +82,13 @@ def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 @pytest.mark.parametrize(
     "row",
-    [[0.0, 1.0, 2.0, 3.0], [5.0, -5.0, 0.0, 0.5, 1.0], [1000.0, 1001.0, 999.0], [-1e4, -1e4 + 2.0],
-     [1.0, 0.0, -1.0, 2.0, -1000.0]],
+    [
+        [0.0, 1.0, 2.0, 3.0],
+        [5.0, -5.0, 0.0, 0.5, 1.0],
+        [1000.0, 1001.0, 999.0],
+        [-1e4, -1e4 + 2.0],
+        [1.0, 0.0, -1.0, 2.0, -1000.0],
+    ],
 )
 def test_sample_categorical_matches_softmax_distribution(row, dtype, device):
     n = 200_000

@@ -36,8 +36,12 @@ import torch
 
 from pylander import ops
 from pylander.algorithms import NonFiniteError
-from pylander.checkpoint import (CheckpointError, atomic_write, load_checkpoint,
-                                 remove_stale_temporaries)
+from pylander.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    remove_stale_temporaries,
+)
 from pylander.config import TrainConfig
 from pylander.evaluate import main as evaluate_main
 from pylander.logger import WALL_CLOCK
@@ -45,10 +49,30 @@ from pylander.train import main as train_main
 from pylander.trainer import TrainingInterrupted, train
 
 # 64 env steps per update, a checkpoint every 4 updates (256 steps); a few seconds per run.
-FAST = ["--env", "CartPole-v1", "--num-envs", "4", "--num-steps", "16", "--checkpoint-interval", "4",
-        "--eval-episodes", "2", "--log-interval", "1000", "--quiet"]
-FAST_CONFIG = dict(env_id="CartPole-v1", num_envs=4, num_steps=16, checkpoint_interval=4,
-                   eval_episodes=2, log_interval=1000, quiet=True)
+FAST = [
+    "--env",
+    "CartPole-v1",
+    "--num-envs",
+    "4",
+    "--num-steps",
+    "16",
+    "--checkpoint-interval",
+    "4",
+    "--eval-episodes",
+    "2",
+    "--log-interval",
+    "1000",
+    "--quiet",
+]
+FAST_CONFIG = dict(
+    env_id="CartPole-v1",
+    num_envs=4,
+    num_steps=16,
+    checkpoint_interval=4,
+    eval_episodes=2,
+    log_interval=1000,
+    quiet=True,
+)
 SUBPROCESS_ENV = {**os.environ, "PYLANDER_NO_TQDM": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -87,14 +111,26 @@ def assert_same_run(dir_a: Path, dir_b: Path) -> None:
         assert_identical(a["trainer"], b["trainer"], f"{name} trainer")
     assert read_metrics(dir_a / "metrics.csv") == read_metrics(dir_b / "metrics.csv")
     summary_a, summary_b = (json.loads((d / "summary.json").read_text()) for d in (dir_a, dir_b))
-    for key in ["steps", "updates", "episodes", "eval_mean_return", "eval_std_return", "stop_reason"]:
+    for key in [
+        "steps",
+        "updates",
+        "episodes",
+        "eval_mean_return",
+        "eval_std_return",
+        "stop_reason",
+    ]:
         assert summary_a[key] == summary_b[key], key
 
 
 def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pylander.train", *args], cwd=cwd,
-                            env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pylander.train", *args],
+        cwd=cwd,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_update(proc: subprocess.Popen, metrics: Path, update: int, timeout=120.0) -> int:
@@ -103,7 +139,9 @@ def wait_for_update(proc: subprocess.Popen, metrics: Path, update: int, timeout=
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             out, err = proc.communicate()
-            pytest.fail(f"training ended (rc {proc.returncode}) before update {update}:\n{err[-3000:]}")
+            pytest.fail(
+                f"training ended (rc {proc.returncode}) before update {update}:\n{err[-3000:]}"
+            )
         try:
             lines = metrics.read_text().splitlines()
         except FileNotFoundError:
@@ -170,12 +208,17 @@ def test_torch_write_failures_become_write_errors(tmp_path):
     def fails(message):
         def write(fh):
             raise RuntimeError(message)
+
         return write
 
     path = tmp_path / "checkpoint.pt"
-    for message, reason in [("PytorchStreamWriter failed writing file data/0: file write failed",
-                             "PytorchStreamWriter failed writing file data/0"),
-                            ("[enforce fail] No space left on device", "No space left on device")]:
+    for message, reason in [
+        (
+            "PytorchStreamWriter failed writing file data/0: file write failed",
+            "PytorchStreamWriter failed writing file data/0",
+        ),
+        ("[enforce fail] No space left on device", "No space left on device"),
+    ]:
         with pytest.raises(WriteError) as info:
             atomic_write(path, fails(message))
         assert str(info.value).startswith(f"cannot write {path}: {reason}")
@@ -195,7 +238,10 @@ def test_remove_stale_temporaries_only_removes_ours(tmp_path):
     for name in [".checkpoint.pt.abc123xy.tmp", ".best.pt.q1w2e3r4.tmp", ".notes.tmp", "keep.tmp"]:
         (tmp_path / name).write_bytes(b"x")
     removed = remove_stale_temporaries(tmp_path, ["checkpoint.pt", "best.pt"])
-    assert sorted(p.name for p in removed) == [".best.pt.q1w2e3r4.tmp", ".checkpoint.pt.abc123xy.tmp"]
+    assert sorted(p.name for p in removed) == [
+        ".best.pt.q1w2e3r4.tmp",
+        ".checkpoint.pt.abc123xy.tmp",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "keep.tmp"]
 
 
@@ -282,9 +328,14 @@ sys.exit(main(sys.argv[1:]))
 
 def test_sigkill_during_a_save_leaves_a_loadable_checkpoint(tmp_path, uninterrupted):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, *KILL_RUN, "--out", str(out)],
-                          cwd=tmp_path, env=SUBPROCESS_ENV, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_SAVE, *KILL_RUN, "--out", str(out)],
+        cwd=tmp_path,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     stale = list(out.glob(".checkpoint.pt.*.tmp"))
     assert len(stale) == 1 and stale[0].stat().st_size > 0  # the torn write, beside the real file
@@ -380,8 +431,9 @@ def test_second_signal_stops_at_once_keeping_the_last_checkpoint(tmp_path, monke
     assert not (out / "summary.json").exists()
 
 
-def test_signal_during_final_evaluation_writes_summary_and_resume_evaluates(tmp_path, monkeypatch,
-                                                                             capsys):
+def test_signal_during_final_evaluation_writes_summary_and_resume_evaluates(
+    tmp_path, monkeypatch, capsys
+):
     import pylander.trainer
 
     out = tmp_path / "run"
@@ -479,15 +531,17 @@ def corrupted_copies(checkpoint: Path, tmp_path: Path) -> dict[str, tuple[Path, 
     make("bit-flip", bytes(flipped), "fails its CRC check")
     start = member_data_offset(data, next(i for i in infos if i.filename.endswith("data.pkl")))
     garbled = bytearray(data)
-    garbled[start + 20: start + 60] = b"\xff" * 40
+    garbled[start + 20 : start + 60] = b"\xff" * 40
     make("garbled-pickle", bytes(garbled), "fails its CRC check")
     make("empty", b"", "empty")
     make("text", "this is not a checkpoint\n", "not a pylander checkpoint")
     make("random", np.random.default_rng(0).bytes(5000), "not a pylander checkpoint")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other-torch.pt")
     cases["other-torch"] = (tmp_path / "other-torch.pt", "not a pylander checkpoint")
-    torch.save({"format": "pylander-checkpoint", "version": 1, "env_id": "CartPole-v1"},
-               tmp_path / "incomplete.pt")
+    torch.save(
+        {"format": "pylander-checkpoint", "version": 1, "env_id": "CartPole-v1"},
+        tmp_path / "incomplete.pt",
+    )
     cases["incomplete"] = (tmp_path / "incomplete.pt", "damaged")
     torch.save({"format": "pylander-checkpoint", "version": 99}, tmp_path / "future.pt")
     cases["future"] = (tmp_path / "future.pt", "version 99")
@@ -497,7 +551,9 @@ def corrupted_copies(checkpoint: Path, tmp_path: Path) -> dict[str, tuple[Path, 
 
 
 def test_bad_checkpoint_files_give_named_errors(finished_run, tmp_path):
-    for name, (path, fragment) in corrupted_copies(finished_run / "checkpoint.pt", tmp_path).items():
+    for name, (path, fragment) in corrupted_copies(
+        finished_run / "checkpoint.pt", tmp_path
+    ).items():
         with pytest.raises(CheckpointError) as info:
             load_checkpoint(path)
         assert fragment in str(info.value), (name, str(info.value))
@@ -509,17 +565,21 @@ def test_checkpoint_from_another_env_or_network_is_refused(finished_run, tmp_pat
     with pytest.raises(CheckpointError, match="trained on CartPole-v1, not Acrobot-v1"):
         load_checkpoint(finished_run / "checkpoint.pt", env_id="Acrobot-v1")
     other = dict(good["architecture"], hidden_sizes=[32])
-    with pytest.raises(CheckpointError, match=r"hidden_sizes \[64, 64\] in the checkpoint, \[32\] here"):
+    with pytest.raises(
+        CheckpointError, match=r"hidden_sizes \[64, 64\] in the checkpoint, \[32\] here"
+    ):
         load_checkpoint(finished_run / "checkpoint.pt", architecture=other)
 
     # Through --resume (on a copy: a refused resume must not touch the run).
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    for flags, fragment in [(["--env", "Acrobot-v1"], "trained on CartPole-v1, not Acrobot-v1"),
-                            (["--hidden-sizes", "32"], "holds a different network"),
-                            (["--baseline", "none"], "critic True in the checkpoint, False here"),
-                            (["--algo", "notebook"], "holds a different network")]:
+    for flags, fragment in [
+        (["--env", "Acrobot-v1"], "trained on CartPole-v1, not Acrobot-v1"),
+        (["--hidden-sizes", "32"], "holds a different network"),
+        (["--baseline", "none"], "critic True in the checkpoint, False here"),
+        (["--algo", "notebook"], "holds a different network"),
+    ]:
         assert train_main(["--resume", str(run), *MORE_STEPS, *flags]) == 1, flags
         err = capsys.readouterr().err
         assert fragment in err and "Traceback" not in err, (flags, err)
@@ -587,16 +647,28 @@ class GoesNonFinite(gym.Wrapper):
 
 
 for _what in ["reward", "obs"]:
-    gym.register(f"PylanderTestNaN{_what.title()}-v0", disable_env_checker=True,
-                 entry_point=lambda what=_what: GoesNonFinite(gym.make("CartPole-v1"), what, 100))
+    gym.register(
+        f"PylanderTestNaN{_what.title()}-v0",
+        disable_env_checker=True,
+        entry_point=lambda what=_what: GoesNonFinite(gym.make("CartPole-v1"), what, 100),
+    )
 
 
 @pytest.mark.parametrize("what,fragment", [("Reward", "`rewards`"), ("Obs", "`logits`")])
 def test_non_finite_env_values_stop_training_naming_the_update(tmp_path, what, fragment, capsys):
     # Each env's 100th step falls in update 7 (16 steps per update); checkpoints every 2 updates.
     out = tmp_path / "run"
-    args = [*FAST, "--env", f"PylanderTestNaN{what}-v0", "--checkpoint-interval", "2",
-            "--total-steps", "2048", "--out", str(out)]
+    args = [
+        *FAST,
+        "--env",
+        f"PylanderTestNaN{what}-v0",
+        "--checkpoint-interval",
+        "2",
+        "--total-steps",
+        "2048",
+        "--out",
+        str(out),
+    ]
     assert train_main(args) == 1
     err = capsys.readouterr().err
     assert "non-finite values at update 7" in err and "contains NaN" in err, err
@@ -609,12 +681,24 @@ def test_non_finite_env_values_stop_training_naming_the_update(tmp_path, what, f
     assert len(read_metrics(out / "metrics.csv")) == 6
 
 
-@pytest.mark.parametrize("lr,fragment", [("1e30", "non-finite loss at update 2"),
-                                         ("1e38", "overflowed float32 at update 1")])
+@pytest.mark.parametrize(
+    "lr,fragment",
+    [("1e30", "non-finite loss at update 2"), ("1e38", "overflowed float32 at update 1")],
+)
 def test_huge_learning_rate_stops_with_a_clear_error(tmp_path, lr, fragment, capsys):
     out = tmp_path / "run"
-    args = [*FAST, "--learning-rate", lr, "--no-anneal-lr", "--checkpoint-interval", "1",
-            "--total-steps", "2048", "--out", str(out)]
+    args = [
+        *FAST,
+        "--learning-rate",
+        lr,
+        "--no-anneal-lr",
+        "--checkpoint-interval",
+        "1",
+        "--total-steps",
+        "2048",
+        "--out",
+        str(out),
+    ]
     assert train_main(args) == 1
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err, err
@@ -642,9 +726,14 @@ def test_non_finite_parameters_are_caught_by_the_update_that_made_them(tmp_path,
 
     monkeypatch.setattr(Reinforce, "update", poisoning_update)
     out = tmp_path / "run"
-    config = TrainConfig(**{**FAST_CONFIG, "checkpoint_interval": 2}, total_steps=1024, out=str(out))
-    with pytest.raises(NonFiniteError, match=r"parameter 'actor.0.weight' became non-finite at "
-                                             r"update 3.*last good checkpoint.*is untouched"):
+    config = TrainConfig(
+        **{**FAST_CONFIG, "checkpoint_interval": 2}, total_steps=1024, out=str(out)
+    )
+    with pytest.raises(
+        NonFiniteError,
+        match=r"parameter 'actor.0.weight' became non-finite at "
+        r"update 3.*last good checkpoint.*is untouched",
+    ):
         train(config)
     assert load_checkpoint(out / "checkpoint.pt")["trainer"]["counters"]["update"] == 2
 
@@ -666,12 +755,24 @@ MORE_BAD_INPUTS = [
     (lambda: ops.gae(R, R.double(), D, L, 0.9, 0.9), RuntimeError, "`values` must be Float"),
     (lambda: ops.gae(R, R, D.int(), L, 0.9, 0.9), RuntimeError, "`dones` must be Bool"),
     (lambda: ops.gae(R, R, D, L.double(), 0.9, 0.9), RuntimeError, "`last_values` must be Float"),
-    (lambda: ops.gae(R, R, D, L[None], 0.9, 0.9), RuntimeError, "`last_values` must have shape [N]"),
+    (
+        lambda: ops.gae(R, R, D, L[None], 0.9, 0.9),
+        RuntimeError,
+        "`last_values` must have shape [N]",
+    ),
     (lambda: ops.gae(R[None], R, D, L, 0.9, 0.9), RuntimeError, "`rewards` must have shape [T, N]"),
     (lambda: ops.gae(R, R, D, torch.tensor([0.0, float("nan")]), 0.9, 0.9), ValueError, "NaN"),
     (lambda: ops.discounted_returns(R, D[:, :1], 0.9), RuntimeError, "`dones` must have the shape"),
-    (lambda: ops.discounted_returns(R, D, 0.9, torch.zeros(2, 1)), RuntimeError, "`bootstrap` must have shape [N]"),
-    (lambda: ops.discounted_returns(R * float("inf"), D, 0.9), ValueError, "contains NaN or infinity"),
+    (
+        lambda: ops.discounted_returns(R, D, 0.9, torch.zeros(2, 1)),
+        RuntimeError,
+        "`bootstrap` must have shape [N]",
+    ),
+    (
+        lambda: ops.discounted_returns(R * float("inf"), D, 0.9),
+        ValueError,
+        "contains NaN or infinity",
+    ),
     (lambda: ops.pg_loss(Z, A, W[:2]), RuntimeError, "one per row of `logits`"),
     (lambda: ops.pg_loss(Z, A[:, None], W), RuntimeError, "`actions` must have shape [B]"),
     (lambda: ops.pg_loss(Z, A, W[:, None]), RuntimeError, "`weights` must have shape [B]"),

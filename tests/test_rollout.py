@@ -34,8 +34,14 @@ class Countdown(gym.Env):
 
 def make_algo(length: int, truncate: bool, num_steps: int, baseline: str = "value") -> Reinforce:
     envs = gym.vector.SyncVectorEnv([lambda: Countdown(length, truncate) for _ in range(2)])
-    config = TrainConfig(num_envs=2, num_steps=num_steps, baseline=baseline, gamma=0.9, gae_lambda=0.8,
-                         reward_scale=1.0)
+    config = TrainConfig(
+        num_envs=2,
+        num_steps=num_steps,
+        baseline=baseline,
+        gamma=0.9,
+        gae_lambda=0.8,
+        reward_scale=1.0,
+    )
     torch.manual_seed(0)
     algo = Reinforce(config, envs, 2, 2, torch.device("cpu"))
     algo.reset_envs(0)
@@ -47,7 +53,16 @@ def test_autoreset_step_is_masked_and_episodes_are_counted():
     rollout = algo.collector.collect()
     # steps 0-2: episode 1 (ends at 2); step 3: autoreset, action ignored; 4-6: episode 2; 7: reset
     assert rollout.valid[:, 0].tolist() == [True, True, True, False, True, True, True, False]
-    assert rollout.terminated[:, 0].tolist() == [False, False, True, False, False, False, True, False]
+    assert rollout.terminated[:, 0].tolist() == [
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+        True,
+        False,
+    ]
     assert rollout.rewards[:, 0].tolist() == [1, 1, 1, 0, 1, 1, 1, 0]
     # The final observation is stored at the autoreset step (what the critic bootstraps from).
     assert rollout.obs[3, 0].tolist() == [3.0, 1.0] and rollout.obs[4, 0].tolist() == [0.0, 1.0]
@@ -89,5 +104,7 @@ def test_returns_without_critic_drop_unfinished_tails():
     advantages, returns, mask = algo.advantages(rollout)
     # Episode 1 is steps 0-3, step 4 is the autoreset, step 5 starts an episode that won't finish.
     assert mask[:, 0].tolist() == [True, True, True, True, False, False]
-    torch.testing.assert_close(returns[:4, 0], torch.tensor([1 + 0.9 + 0.81 + 0.729, 1 + 0.9 + 0.81, 1.9, 1.0]))
+    torch.testing.assert_close(
+        returns[:4, 0], torch.tensor([1 + 0.9 + 0.81 + 0.729, 1 + 0.9 + 0.81, 1.9, 1.0])
+    )
     torch.testing.assert_close(advantages, returns)

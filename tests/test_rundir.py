@@ -28,8 +28,21 @@ from pylander.config import TrainConfig
 from pylander.train import main as train_main
 from pylander.trainer import train
 
-FAST = ["--env", "CartPole-v1", "--num-envs", "4", "--num-steps", "16", "--checkpoint-interval", "2",
-        "--eval-episodes", "2", "--log-interval", "1000", "--quiet"]
+FAST = [
+    "--env",
+    "CartPole-v1",
+    "--num-envs",
+    "4",
+    "--num-steps",
+    "16",
+    "--checkpoint-interval",
+    "2",
+    "--eval-episodes",
+    "2",
+    "--log-interval",
+    "1000",
+    "--quiet",
+]
 SUBPROCESS_ENV = {**os.environ, "PYLANDER_NO_TQDM": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -69,25 +82,50 @@ def wait_for_checkpoint(proc: subprocess.Popen, out: Path, timeout: float = 120.
 
 def test_a_running_directory_is_refused_until_its_holder_is_killed(tmp_path, capsys):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "pylander.train", *FAST, "--total-steps",
-                             "10000000", "--out", str(out)], cwd=tmp_path, env=SUBPROCESS_ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pylander.train",
+            *FAST,
+            "--total-steps",
+            "10000000",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for_checkpoint(proc, out)
         holder = f"pid {proc.pid} on host {socket.gethostname()}"
         assert holder in rundir.holder(out)
         before = snapshot(out)
-        for argv, flag in [([*FAST, "--total-steps", "64", "--out", str(out)], "--out"),
-                           ([*FAST, "--total-steps", "64", "--out", str(out), "--force"], "--out"),
-                           (["--resume", str(out)], "--resume")]:
+        for argv, flag in [
+            ([*FAST, "--total-steps", "64", "--out", str(out)], "--out"),
+            ([*FAST, "--total-steps", "64", "--out", str(out), "--force"], "--out"),
+            (["--resume", str(out)], "--resume"),
+        ]:
             message = usage_error(argv, capsys)
             assert message.startswith(f"{flag} {out} is in use by another training run ({holder}")
         assert snapshot(out).keys() >= before.keys()  # --force deleted nothing
         # The Python API takes the same lock.
-        with pytest.raises(rundir.RunDirectoryError,
-                           match=f"in use by another training run \\({holder}"):
-            train(TrainConfig(env_id="CartPole-v1", num_envs=4, num_steps=16, total_steps=64,
-                              quiet=True, out=str(out)))
+        with pytest.raises(
+            rundir.RunDirectoryError, match=f"in use by another training run \\({holder}"
+        ):
+            train(
+                TrainConfig(
+                    env_id="CartPole-v1",
+                    num_envs=4,
+                    num_steps=16,
+                    total_steps=64,
+                    quiet=True,
+                    out=str(out),
+                )
+            )
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
@@ -106,8 +144,9 @@ def test_a_stale_lock_file_is_no_run_marker_and_survives_force(finished_run, tmp
     (out / rundir.LOCK_NAME).write_text('{"pid": 1, "host": "gone", "since": "then"}')
     assert rundir.markers(out) == [] and rundir.holder(out) is None
     assert train_main([*FAST, "--total-steps", "64", "--out", str(out)]) == 0
-    assert train_main([*FAST, "--total-steps", "64", "--seed", "5", "--out", str(out),
-                       "--force"]) == 0
+    assert (
+        train_main([*FAST, "--total-steps", "64", "--seed", "5", "--out", str(out), "--force"]) == 0
+    )
     assert json.loads((out / "summary.json").read_text())["seed"] == 5
 
 
@@ -116,8 +155,11 @@ def test_claim_is_reentrant_for_its_thread_only(tmp_path):
     with rundir.claim(out):
         with rundir.claim(out):  # the CLI claims, then the trainer it calls claims again
             assert (out / rundir.LOCK_NAME).exists()
-        assert rundir.holder(out) == f"pid {os.getpid()} on host {socket.gethostname()}, since " \
+        assert (
+            rundir.holder(out)
+            == f"pid {os.getpid()} on host {socket.gethostname()}, since "
             + json.loads((out / rundir.LOCK_NAME).read_text())["since"]
+        )
         refused = []
 
         def other_thread():
@@ -146,15 +188,40 @@ def test_claim_is_reentrant_for_its_thread_only(tmp_path):
 def test_flags_given_with_resume_save_learning_settings_only(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    assert train_main(["--resume", str(run), "--total-steps", "256", "--no-quiet",
-                       "--log-interval", "1", "--torch-threads", "2", "--vector", "async"]) == 0
+    assert (
+        train_main(
+            [
+                "--resume",
+                str(run),
+                "--total-steps",
+                "256",
+                "--no-quiet",
+                "--log-interval",
+                "1",
+                "--torch-threads",
+                "2",
+                "--vector",
+                "async",
+            ]
+        )
+        == 0
+    )
     assert "update      4" in capsys.readouterr().out  # the flags applied to that invocation
     saved = TrainConfig.load(run / "config.toml")
     assert saved.total_steps == 256  # a learning setting: saved
     assert (saved.quiet, saved.log_interval, saved.torch_threads, saved.vector) == (
-        True, 1000, 1, "sync")  # run-time settings: as the run started
-    assert TrainConfig.runtime_fields() == ["vector", "device", "torch_threads", "log_interval",
-                                            "quiet"]
+        True,
+        1000,
+        1,
+        "sync",
+    )  # run-time settings: as the run started
+    assert TrainConfig.runtime_fields() == [
+        "vector",
+        "device",
+        "torch_threads",
+        "log_interval",
+        "quiet",
+    ]
 
 
 def test_a_finished_run_is_resumed_only_with_a_larger_budget(finished_run, tmp_path, capsys):
@@ -163,8 +230,10 @@ def test_a_finished_run_is_resumed_only_with_a_larger_budget(finished_run, tmp_p
     before = snapshot(run)
     for flags in [[], ["--total-steps", "128"], ["--total-steps", "64"]]:
         message = usage_error(["--resume", str(run), *flags], capsys)
-        assert message == (f"--resume {run}: the run is finished: it spent its budget at 128 "
-                           "steps; resume it with a total_steps above 128 (--total-steps)")
+        assert message == (
+            f"--resume {run}: the run is finished: it spent its budget at 128 "
+            "steps; resume it with a total_steps above 128 (--total-steps)"
+        )
     assert snapshot(run) == before and sorted(os.listdir(run)) == sorted(before)  # no events file
     assert train_main(["--resume", str(run), "--total-steps", "192"]) == 0
 
@@ -173,8 +242,7 @@ def test_a_solved_run_is_finished_too(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     summary = json.loads((run / "summary.json").read_text())
-    (run / "summary.json").write_text(json.dumps({**summary, "stop_reason": "solved",
-                                                  "steps": 64}))
+    (run / "summary.json").write_text(json.dumps({**summary, "stop_reason": "solved", "steps": 64}))
     message = usage_error(["--resume", str(run)], capsys)
     assert "the run is finished: it solved its task at 64 steps" in message
     assert "above 128" in message  # its budget, not the steps it took
@@ -183,13 +251,18 @@ def test_a_solved_run_is_finished_too(finished_run, tmp_path, capsys):
 # --- config.toml and the run directory ---------------------------------------------------------
 
 
-def test_config_toml_has_no_out_so_it_cannot_point_back_at_its_run(finished_run, tmp_path,
-                                                                    monkeypatch):
+def test_config_toml_has_no_out_so_it_cannot_point_back_at_its_run(
+    finished_run, tmp_path, monkeypatch
+):
     assert "out =" not in (finished_run / "config.toml").read_text()
     before = snapshot(finished_run)
     monkeypatch.chdir(tmp_path)
-    assert train_main(["--config", str(finished_run / "config.toml"), "--seed", "2",
-                       "--total-steps", "64"]) == 0
+    assert (
+        train_main(
+            ["--config", str(finished_run / "config.toml"), "--seed", "2", "--total-steps", "64"]
+        )
+        == 0
+    )
     assert (tmp_path / "runs" / "CartPole-v1-reinforce-seed2" / "summary.json").is_file()
     # An older config.toml, which saved its run's absolute path: --force must not reach it.
     old = tmp_path / "old.toml"
@@ -199,10 +272,12 @@ def test_config_toml_has_no_out_so_it_cannot_point_back_at_its_run(finished_run,
     assert snapshot(finished_run) == before
 
 
-def test_an_env_alias_is_resolved_before_the_run_directory_is_chosen(finished_run, tmp_path,
-                                                                      monkeypatch, capsys):
+def test_an_env_alias_is_resolved_before_the_run_directory_is_chosen(
+    finished_run, tmp_path, monkeypatch, capsys
+):
     assert TrainConfig(env_id="LunarLander-v2").resolved_out() == Path(
-        "runs/LunarLander-v3-reinforce-seed1")
+        "runs/LunarLander-v3-reinforce-seed1"
+    )
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "runs" / "LunarLander-v3-reinforce-seed1"
     run.mkdir(parents=True)

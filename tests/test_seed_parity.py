@@ -52,8 +52,21 @@ def test_notebook_algorithm_matches_notebook(seed):
 
 def test_notebook_cli_matches_notebook(tmp_path):
     out = tmp_path / "run"
-    code = train_main(["--algo", "notebook", "--seed", "3", "--total-steps", "500", "--out", str(out),
-                       "--eval-episodes", "2", "--quiet"])
+    code = train_main(
+        [
+            "--algo",
+            "notebook",
+            "--seed",
+            "3",
+            "--total-steps",
+            "500",
+            "--out",
+            str(out),
+            "--eval-episodes",
+            "2",
+            "--quiet",
+        ]
+    )
     assert code == 0
     payload = load_checkpoint(out / "checkpoint.pt")
     episodes = payload["trainer"]["counters"]["episodes"]
@@ -65,18 +78,44 @@ def test_notebook_cli_matches_notebook(tmp_path):
 
 def test_old_name_seed_still_works_with_a_notice(tmp_path, capsys):
     out = tmp_path / "old"
-    assert train_main(["--algo", "seed", "--total-steps", "50", "--out", str(out),
-                       "--eval-episodes", "1", "--quiet"]) == 0
+    assert (
+        train_main(
+            [
+                "--algo",
+                "seed",
+                "--total-steps",
+                "50",
+                "--out",
+                str(out),
+                "--eval-episodes",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "--algo seed is now called --algo notebook" in capsys.readouterr().err
     assert TrainConfig.load(out / "config.toml").algo == "notebook"
     # A config file and a checkpoint written under the old name load as the notebook.
-    (out / "config.toml").write_text((out / "config.toml").read_text().replace(
-        'algo = "notebook"', 'algo = "seed"'))
+    (out / "config.toml").write_text(
+        (out / "config.toml").read_text().replace('algo = "notebook"', 'algo = "seed"')
+    )
     assert TrainConfig.load(out / "config.toml").algo == "notebook"
 
 
 def test_notebook_mode_prints_the_notebook_progress_line(tmp_path, capsys):
-    code = train_main(["--algo", "notebook", "--total-steps", "50", "--out", str(tmp_path / "r"),
-                       "--eval-episodes", "1", "--no-quiet"])
+    code = train_main(
+        [
+            "--algo",
+            "notebook",
+            "--total-steps",
+            "50",
+            "--out",
+            str(tmp_path / "r"),
+            "--eval-episodes",
+            "1",
+            "--no-quiet",
+        ]
+    )
     assert code == 0
     assert "Episode 0 finished with average reward" in capsys.readouterr().out

@@ -56,9 +56,29 @@ def test_split_vector_env_gives_the_same_run_as_sync(tmp_path):
     runs = []
     for mode in ["sync", "split"]:
         out = tmp_path / mode
-        assert train_main(["--env", "CartPole-v1", "--quiet", "--vector", mode, "--num-envs", "4",
-                           "--num-steps", "64", "--total-steps", "2048", "--normalize-obs",
-                           "--eval-episodes", "2", "--out", str(out)]) == 0
+        assert (
+            train_main(
+                [
+                    "--env",
+                    "CartPole-v1",
+                    "--quiet",
+                    "--vector",
+                    mode,
+                    "--num-envs",
+                    "4",
+                    "--num-steps",
+                    "64",
+                    "--total-steps",
+                    "2048",
+                    "--normalize-obs",
+                    "--eval-episodes",
+                    "2",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         runs.append(metrics_without_clock(out / "metrics.csv"))
     assert len(runs[0]) == 8 and runs[0] == runs[1]
 
@@ -89,8 +109,9 @@ def test_split_worker_dies_when_its_parent_is_killed(tmp_path):
         time.sleep(120)
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              env=env)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         worker = int(parent.stdout.readline())
         os.kill(parent.pid, signal.SIGKILL)
@@ -132,8 +153,9 @@ def test_act_samples_what_the_actor_forward_pass_gives(normalize_obs):
     torch.manual_seed(0)
     policy = ActorCritic(8, 4, [64, 32], critic=True, normalize_obs=normalize_obs)
     if normalize_obs:
-        policy.normalizer.merge(100.0, torch.randn(8, dtype=torch.float64),
-                                torch.rand(8, dtype=torch.float64) + 0.5)
+        policy.normalizer.merge(
+            100.0, torch.randn(8, dtype=torch.float64), torch.rand(8, dtype=torch.float64) + 0.5
+        )
     for batch in [16, 16, 5, 16]:  # the output buffers follow the batch size
         obs = torch.randn(batch, 8) * 3
         got = policy.act(obs, torch.Generator().manual_seed(batch))  # outside inference mode too

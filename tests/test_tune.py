@@ -18,8 +18,14 @@ from pylander import tune  # noqa: E402
 from pylander.config import TrainConfig  # noqa: E402
 from pylander.trainer import train  # noqa: E402
 
-BASE = TrainConfig(env_id="CartPole-v1", num_envs=4, num_steps=32, eval_episodes=1,
-                   checkpoint_interval=1000, log_interval=1000)
+BASE = TrainConfig(
+    env_id="CartPole-v1",
+    num_envs=4,
+    num_steps=32,
+    eval_episodes=1,
+    checkpoint_interval=1000,
+    log_interval=1000,
+)
 # Where the trainer evaluates periodically, evaluate twice per trial (not every update).
 EVAL = ["--eval-interval", "256"] if tune.has_periodic_eval() else []
 
@@ -27,8 +33,20 @@ EVAL = ["--eval-interval", "256"] if tune.has_periodic_eval() else []
 def flags(tmp_path: Path, out: Path, *more: str) -> list[str]:
     base = tmp_path / "base.toml"
     base.write_text(BASE.to_toml())
-    return ["--config", str(base), "--params", "learning_rate,gae_lambda", "--trial-steps",
-            "512", "--seeds", "1", *EVAL, "--out", str(out), *more]
+    return [
+        "--config",
+        str(base),
+        "--params",
+        "learning_rate,gae_lambda",
+        "--trial-steps",
+        "512",
+        "--seeds",
+        "1",
+        *EVAL,
+        "--out",
+        str(out),
+        *more,
+    ]
 
 
 def load(out: Path):
@@ -56,8 +74,9 @@ def test_search_resumes_in_processes_and_its_best_config_trains(tmp_path, capsys
     assert config.learning_rate == best.params["learning_rate"]
     assert config.gae_lambda == best.params["gae_lambda"]
     assert (config.out, config.total_steps, config.env_id) == ("", BASE.total_steps, "CartPole-v1")
-    summary = train(dataclasses.replace(config, total_steps=128, out=str(tmp_path / "best"),
-                                        quiet=True))
+    summary = train(
+        dataclasses.replace(config, total_steps=128, out=str(tmp_path / "best"), quiet=True)
+    )
     assert summary["steps"] >= 128
 
 
@@ -67,8 +86,14 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 
 def search(tmp_path: Path, base: TrainConfig = BASE, steps: int = 1024) -> tune.Search:
-    return tune.Search(base, ["learning_rate"], steps, 2, tmp_path,
-                       eval_interval=256 if tune.has_periodic_eval() else None)
+    return tune.Search(
+        base,
+        ["learning_rate"],
+        steps,
+        2,
+        tmp_path,
+        eval_interval=256 if tune.has_periodic_eval() else None,
+    )
 
 
 def test_a_pruned_trial_stops_training_at_its_first_report(tmp_path):
@@ -89,15 +114,21 @@ def test_a_trial_whose_training_fails_is_recorded_as_failed(tmp_path):
     assert [t.state for t in load(tmp_path).trials] == [TrialState.FAIL] * 2
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--trials", "0"], "--trials must be positive, got 0"),
-    (["--jobs", "-1"], "--jobs must be positive, got -1"),
-    (["--seeds", "0"], "--seeds must be positive"),
-    (["--trial-steps", "100"], "--trial-steps 100 is smaller than one rollout (4 envs x 32 steps"),
-    (["--params", "learning_rate,lr"], "--params: unknown or repeated names ['lr']"),
-    (["--env", "NoSuchEnv-v0"], "--env: unknown environment 'NoSuchEnv-v0'"),
-    (["--unsolved-penalty", "-1"], "--unsolved-penalty must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--trials", "0"], "--trials must be positive, got 0"),
+        (["--jobs", "-1"], "--jobs must be positive, got -1"),
+        (["--seeds", "0"], "--seeds must be positive"),
+        (
+            ["--trial-steps", "100"],
+            "--trial-steps 100 is smaller than one rollout (4 envs x 32 steps",
+        ),
+        (["--params", "learning_rate,lr"], "--params: unknown or repeated names ['lr']"),
+        (["--env", "NoSuchEnv-v0"], "--env: unknown environment 'NoSuchEnv-v0'"),
+        (["--unsolved-penalty", "-1"], "--unsolved-penalty must be >= 0"),
+    ],
+)
 def test_bad_input_is_a_usage_error_and_writes_nothing(argv, message, tmp_path, capsys):
     out = tmp_path / "search"
     with pytest.raises(SystemExit) as info:

@@ -15,8 +15,18 @@ def train_tiny_run(out: Path) -> Path:
     """Train CartPole-v1 for 4 updates (seconds); the run directory gets best.pt, checkpoint.pt.
 
     With observation normalisation, so that every check of predict and export covers it."""
-    train(TrainConfig(env_id="CartPole-v1", total_steps=1024, num_envs=4, num_steps=64,
-                      eval_episodes=1, normalize_obs=True, out=str(out), quiet=True))
+    train(
+        TrainConfig(
+            env_id="CartPole-v1",
+            total_steps=1024,
+            num_envs=4,
+            num_steps=64,
+            eval_episodes=1,
+            normalize_obs=True,
+            out=str(out),
+            quiet=True,
+        )
+    )
     return out
 
 

@@ -86,8 +86,11 @@ class Entry:
 REGISTRY: dict[str, Entry] = {
     "reinforce": Entry("pylander.algorithms.reinforce:Reinforce"),
     # The notebook's constants (its lr 1e-3 is fixed inside its PolicyNetwork).
-    "notebook": Entry("pylander.algorithms.notebook:NotebookReinforce",
-                      {"gamma": 0.99, "alpha": 0.01, "num_envs": 1}, single_process=True),
+    "notebook": Entry(
+        "pylander.algorithms.notebook:NotebookReinforce",
+        {"gamma": 0.99, "alpha": 0.01, "num_envs": 1},
+        single_process=True,
+    ),
 }
 
 ALIASES = {"seed": "notebook"}
@@ -122,6 +125,7 @@ def check_parameters(module: nn.Module, update: int) -> None:
 def tensor_metrics(values: dict[str, Tensor | float]) -> dict[str, float]:
     """Floats from a dict of scalar tensors, with one host sync for all of them."""
     keys = list(values)
-    floats = torch.stack([torch.as_tensor(values[k], dtype=torch.float64).reshape(())
-                          .to("cpu") for k in keys]).tolist()
+    floats = torch.stack(
+        [torch.as_tensor(values[k], dtype=torch.float64).reshape(()).to("cpu") for k in keys]
+    ).tolist()
     return dict(zip(keys, floats))

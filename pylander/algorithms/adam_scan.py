@@ -26,8 +26,10 @@ _MAX_STEP = 2**24
 def _check_group(group: dict) -> None:
     for key in _UNSUPPORTED:
         if group.get(key):
-            raise ValueError(f"apply_adam_scan: the optimizer's {key}={group[key]!r} is not "
-                             "supported; it must be off (0, False or None)")
+            raise ValueError(
+                f"apply_adam_scan: the optimizer's {key}={group[key]!r} is not "
+                "supported; it must be off (0, False or None)"
+            )
 
 
 def _state_of(optimizer: torch.optim.Optimizer, param: Tensor) -> dict:
@@ -43,8 +45,9 @@ def _state_of(optimizer: torch.optim.Optimizer, param: Tensor) -> dict:
 
 
 @torch.no_grad()
-def apply_adam_scan(optimizer: torch.optim.Adam,
-                    params_and_grads: Iterable[tuple[Tensor, Tensor]]) -> None:
+def apply_adam_scan(
+    optimizer: torch.optim.Adam, params_and_grads: Iterable[tuple[Tensor, Tensor]]
+) -> None:
     """Take ``T`` steps of ``optimizer`` with fixed gradients, as this loop does, bit for bit::
 
         for t in range(T):
@@ -62,34 +65,51 @@ def apply_adam_scan(optimizer: torch.optim.Adam,
     The step counts must stay below 2**24, where torch's float32 ``step`` stops being exact.
     """
     if not isinstance(optimizer, torch.optim.Adam):
-        raise TypeError(f"apply_adam_scan: `optimizer` must be a torch.optim.Adam, "
-                        f"got {type(optimizer).__name__}")
+        raise TypeError(
+            f"apply_adam_scan: `optimizer` must be a torch.optim.Adam, "
+            f"got {type(optimizer).__name__}"
+        )
     pairs = list(params_and_grads)
     for param, grads in pairs:
         if grads.dim() != param.dim() + 1 or grads.shape[1:] != param.shape:
-            raise ValueError(f"apply_adam_scan: `grads` must have shape [T, *param.shape] = "
-                             f"[T, {', '.join(map(str, param.shape))}], got {list(grads.shape)}")
+            raise ValueError(
+                f"apply_adam_scan: `grads` must have shape [T, *param.shape] = "
+                f"[T, {', '.join(map(str, param.shape))}], got {list(grads.shape)}"
+            )
     horizons = sorted({grads.shape[0] for _, grads in pairs})
     if len(horizons) > 1:
-        raise ValueError("apply_adam_scan: every `grads` must have the same number of steps T "
-                         f"(first dimension), got {horizons}")
+        raise ValueError(
+            "apply_adam_scan: every `grads` must have the same number of steps T "
+            f"(first dimension), got {horizons}"
+        )
     groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     updates = []
     for param, grads in pairs:  # every input checked before any parameter changes
         group = groups.get(id(param))
         if group is None:
-            raise ValueError("apply_adam_scan: a parameter in `params_and_grads` is not in "
-                             "`optimizer`")
+            raise ValueError(
+                "apply_adam_scan: a parameter in `params_and_grads` is not in `optimizer`"
+            )
         _check_group(group)
         state = _state_of(optimizer, param)
         beta1, beta2 = (float(b) for b in group["betas"])
         step = int(state["step"])
         if state["step"].dtype == torch.float32 and step + grads.shape[0] > _MAX_STEP:
-            raise ValueError(f"apply_adam_scan: {step} + {grads.shape[0]} steps passes 2**24, "
-                             "beyond which torch's float32 step count is not exact")
-        new = ops.adam_scan(param.detach().reshape(-1), grads.reshape(grads.shape[0], -1),
-                            state["exp_avg"].reshape(-1), state["exp_avg_sq"].reshape(-1), step,
-                            float(group["lr"]), beta1, beta2, float(group["eps"]))
+            raise ValueError(
+                f"apply_adam_scan: {step} + {grads.shape[0]} steps passes 2**24, "
+                "beyond which torch's float32 step count is not exact"
+            )
+        new = ops.adam_scan(
+            param.detach().reshape(-1),
+            grads.reshape(grads.shape[0], -1),
+            state["exp_avg"].reshape(-1),
+            state["exp_avg_sq"].reshape(-1),
+            step,
+            float(group["lr"]),
+            beta1,
+            beta2,
+            float(group["eps"]),
+        )
         updates.append((param, state, new, step + grads.shape[0]))
     for param, state, (new_param, exp_avg, exp_avg_sq), step in updates:
         param.copy_(new_param.view_as(param))

@@ -30,8 +30,14 @@ from pylander.envs import check_spaces, make_env
 class NotebookReinforce:
     name = "notebook"
 
-    def __init__(self, config: TrainConfig, env: gym.Env, obs_size: int, num_actions: int,
-                 device: torch.device):
+    def __init__(
+        self,
+        config: TrainConfig,
+        env: gym.Env,
+        obs_size: int,
+        num_actions: int,
+        device: torch.device,
+    ):
         if device.type != "cpu":
             raise ValueError("--algo notebook reproduces the notebook on the CPU only")
         self.config, self.env = config, env
@@ -43,8 +49,9 @@ class NotebookReinforce:
     @classmethod
     def build(cls, config: TrainConfig, device: torch.device, comm) -> NotebookReinforce:
         if comm.world_size > 1:
-            raise ValueError("--algo notebook is the single-process notebook; run it without "
-                             "--procs/torchrun")
+            raise ValueError(
+                "--algo notebook is the single-process notebook; run it without --procs/torchrun"
+            )
         env = make_env(config.env_id, config.env_kwargs)
         try:
             return cls(config, env, *check_spaces(env, config.env_id), device)
@@ -73,16 +80,22 @@ class NotebookReinforce:
                 self.env.reset()  # the notebook resets here too, which advances the env's RNG
                 break
         # Rewards stay float64 as in the notebook (torch.tensor of the env's float64 rewards).
-        return torch.from_numpy(np.stack(observations)).float(), torch.tensor(actions), torch.tensor(rewards)
+        return (
+            torch.from_numpy(np.stack(observations)).float(),
+            torch.tensor(actions),
+            torch.tensor(rewards),
+        )
 
-    def per_step_gradients(self, obs: Tensor, actions: Tensor,
-                           rewards: Tensor) -> tuple[Tensor, Tensor, float, float]:
+    def per_step_gradients(
+        self, obs: Tensor, actions: Tensor, rewards: Tensor
+    ) -> tuple[Tensor, Tensor, float, float]:
         """The notebook's T scaled gradients for the weight ``[T, A, obs]`` and bias ``[T, A]``,
         with the summed weighted loss and the mean entropy, for the log."""
         cfg, layer = self.config, self.policy.w
         T = rewards.shape[0]
-        returns = ops.discounted_returns(rewards[:, None], torch.zeros(T, 1, dtype=torch.bool),
-                                         cfg.gamma)[:, 0]
+        returns = ops.discounted_returns(
+            rewards[:, None], torch.zeros(T, 1, dtype=torch.bool), cfg.gamma
+        )[:, 0]
         weights = cfg.alpha * cfg.gamma ** torch.arange(T, dtype=torch.float64) * returns
         with torch.no_grad():
             pre_activation = layer(obs)
@@ -110,11 +123,20 @@ class NotebookReinforce:
         self._episode_returns.append(episode_return)
         if (self.updates - 1) % 100 == 0 and not self.config.quiet:
             # The notebook's own progress line: the mean over every episode so far.
-            print(f"Episode {self.updates - 1} finished with average reward "
-                  f"{np.mean(self._episode_returns)}")
+            print(
+                f"Episode {self.updates - 1} finished with average reward "
+                f"{np.mean(self._episode_returns)}"
+            )
         steps = int(rewards.shape[0])
-        return Iteration(steps, [(episode_return, steps)],
-                         {"policy_loss": loss, "entropy": entropy, "learning_rate": optimizer.param_groups[0]["lr"]})
+        return Iteration(
+            steps,
+            [(episode_return, steps)],
+            {
+                "policy_loss": loss,
+                "entropy": entropy,
+                "learning_rate": optimizer.param_groups[0]["lr"],
+            },
+        )
 
     # --- trainer interface -----------------------------------------------------------------
 
@@ -122,13 +144,20 @@ class NotebookReinforce:
         self.env.reset(seed=seed)
 
     def architecture(self) -> dict:
-        return {"algo": self.name, "obs_size": self.policy.w.in_features,
-                "num_actions": self.policy.w.out_features}
+        return {
+            "algo": self.name,
+            "obs_size": self.policy.w.in_features,
+            "num_actions": self.policy.w.out_features,
+        }
 
     def state_dict(self) -> dict:
-        return {"policy": self.policy.state_dict(), "optimizer": self.policy.optimizer.state_dict(),
-                "updates": self.updates, "episode_returns": list(self._episode_returns),
-                "torch_rng": torch.get_rng_state()}
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.policy.optimizer.state_dict(),
+            "updates": self.updates,
+            "episode_returns": list(self._episode_returns),
+            "torch_rng": torch.get_rng_state(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])

@@ -39,32 +39,48 @@ from pylander.rollout import Rollout, RolloutCollector
 class Reinforce:
     name = "reinforce"
 
-    def __init__(self, config: TrainConfig, envs: gym.vector.VectorEnv, obs_size: int,
-                 num_actions: int, device: torch.device, comm: Collective | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        envs: gym.vector.VectorEnv,
+        obs_size: int,
+        num_actions: int,
+        device: torch.device,
+        comm: Collective | None = None,
+    ):
         self.config, self.device, self.envs = config, device, envs
         self.comm = comm or Collective(device)
-        self.policy = ActorCritic(obs_size, num_actions, config.hidden_sizes,
-                                  critic=config.baseline == "value",
-                                  normalize_obs=config.normalize_obs).to(device)
+        self.policy = ActorCritic(
+            obs_size,
+            num_actions,
+            config.hidden_sizes,
+            critic=config.baseline == "value",
+            normalize_obs=config.normalize_obs,
+        ).to(device)
         # fused: one kernel for all parameters instead of ~10 small ops each (CPU and CUDA).
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate,
-                                          eps=1e-5, fused=True)
+        self.optimizer = torch.optim.Adam(
+            self.policy.parameters(), lr=config.learning_rate, eps=1e-5, fused=True
+        )
         # Sampling and minibatch shuffling draw from their own seeded generators, so a run is
         # reproducible and a checkpoint can restore them exactly. Sampling differs per rank (and
         # with several ranks is reseeded with the envs, see reset_envs); shuffling is the same on
         # every rank, which shuffles the global batch (Collective.minibatches).
         rank = self.comm.rank
-        self.sample_generator = torch.Generator(device=device).manual_seed(config.seed + 7919 * rank)
+        self.sample_generator = torch.Generator(device=device).manual_seed(
+            config.seed + 7919 * rank
+        )
         self.shuffle_generator = torch.Generator().manual_seed(config.seed + 1)
         self.comm.broadcast_parameters(self.policy)
-        self.collector = RolloutCollector(envs, self.policy, config.num_steps,
-                                          self.sample_generator, device)
+        self.collector = RolloutCollector(
+            envs, self.policy, config.num_steps, self.sample_generator, device
+        )
         self.updates = 0
 
     @classmethod
     def build(cls, config: TrainConfig, device: torch.device, comm: Collective) -> Reinforce:
-        envs = make_vector_env(config.env_id, config.num_envs, config.vector, config.env_kwargs,
-                               config.env_backend)
+        envs = make_vector_env(
+            config.env_id, config.num_envs, config.vector, config.env_kwargs, config.env_backend
+        )
         try:
             return cls(config, envs, *check_spaces(envs, config.env_id), device, comm)
         except BaseException:
@@ -73,9 +89,13 @@ class Reinforce:
 
     @staticmethod
     def policy_from_state(architecture: dict, state: dict) -> nn.Module:
-        policy = ActorCritic(architecture["obs_size"], architecture["num_actions"],
-                             architecture["hidden_sizes"], architecture["critic"],
-                             architecture.get("normalize_obs", False))
+        policy = ActorCritic(
+            architecture["obs_size"],
+            architecture["num_actions"],
+            architecture["hidden_sizes"],
+            architecture["critic"],
+            architecture.get("normalize_obs", False),
+        )
         policy.load_state_dict(state["policy"])
         return policy
 
@@ -145,25 +165,37 @@ class Reinforce:
         with torch.no_grad():
             old_log_probs = torch.log_softmax(self.policy.logits(obs), -1)
             old_chosen = old_log_probs.gather(1, actions[:, None]).squeeze(1)
-        samples = self._gather(batches, obs, actions, advantages, returns, old_log_probs,
-                               old_chosen)
+        samples = self._gather(
+            batches, obs, actions, advantages, returns, old_log_probs, old_chosen
+        )
 
         # policy loss, value loss, entropy, clip fraction, grad norm: summed over the steps taken
         totals = torch.zeros(5, dtype=torch.float64, device=self.device)
         steps_taken = 0
-        for step, (batch_obs, batch_actions, batch_advantages, batch_returns, batch_old_log_probs,
-                   batch_old_chosen, global_size) in enumerate(samples):
+        for step, (
+            batch_obs,
+            batch_actions,
+            batch_advantages,
+            batch_returns,
+            batch_old_log_probs,
+            batch_old_chosen,
+            global_size,
+        ) in enumerate(samples):
             if global_size == 0:
                 continue
             logits = self.policy.logits(batch_obs)
-            if (cfg.target_kl > 0 and step > 0
-                    and self._kl(batch_old_log_probs, logits, global_size) > cfg.target_kl):
+            if (
+                cfg.target_kl > 0
+                and step > 0
+                and self._kl(batch_old_log_probs, logits, global_size) > cfg.target_kl
+            ):
                 break  # the policy moved far from the one that collected the data
             steps_taken += 1
             # With clip_coef > 0, PPO's clipped surrogate: each advantage weighted by the ratio
             # pi / pi_old, and by 0 where the ratio has left [1 - eps, 1 + eps] in its direction.
             policy_loss, entropy, clipped = ops.clipped_pg_loss(
-                logits, batch_actions, batch_advantages, batch_old_chosen, cfg.clip_coef, "sum")
+                logits, batch_actions, batch_advantages, batch_old_chosen, cfg.clip_coef, "sum"
+            )
             entropy = entropy * batch_actions.numel()  # reported as the batch mean
             loss = policy_loss - cfg.ent_coef * entropy
             value_loss = torch.zeros((), device=self.device)
@@ -178,23 +210,38 @@ class Reinforce:
             grad_norm = self.clip_gradients()
             if not math.isfinite(grad_norm.item()):
                 what = "loss" if not math.isfinite(loss.item()) else "gradient"
-                raise NonFiniteError(f"non-finite {what} at update {self.updates + 1}; "
-                                     "the update was not applied")
+                raise NonFiniteError(
+                    f"non-finite {what} at update {self.updates + 1}; the update was not applied"
+                )
             self.optimizer.step()
             # Gradients are summed over ranks, so every rank has the same norm: count it once.
-            totals += torch.stack([policy_loss.detach(), value_loss, entropy.detach(),
-                                   clipped * batch_actions.numel(),
-                                   grad_norm.detach() * global_size / comm.world_size]
-                                  ).double() / global_size
+            totals += (
+                torch.stack(
+                    [
+                        policy_loss.detach(),
+                        value_loss,
+                        entropy.detach(),
+                        clipped * batch_actions.numel(),
+                        grad_norm.detach() * global_size / comm.world_size,
+                    ]
+                ).double()
+                / global_size
+            )
         check_parameters(self.policy, self.updates + 1)
         policy_loss, value_loss, entropy, clip_fraction, grad_norm = (
-            comm.sum(totals) / max(steps_taken, 1)).tolist()
+            comm.sum(totals) / max(steps_taken, 1)
+        ).tolist()
         with torch.no_grad():
             new_logits = self.policy.logits(obs[index])
-        metrics = {"policy_loss": policy_loss, "entropy": entropy, "grad_norm": grad_norm,
-                   "approx_kl": self._kl(old_log_probs[index], new_logits, count),
-                   "minibatches": steps_taken, "clip_fraction": clip_fraction,
-                   "learning_rate": self.optimizer.param_groups[0]["lr"]}
+        metrics = {
+            "policy_loss": policy_loss,
+            "entropy": entropy,
+            "grad_norm": grad_norm,
+            "approx_kl": self._kl(old_log_probs[index], new_logits, count),
+            "minibatches": steps_taken,
+            "clip_fraction": clip_fraction,
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+        }
         if self.policy.critic is not None:
             metrics["value_loss"] = value_loss
             metrics["explained_variance"] = self._explained_variance(values[index], returns[index])
@@ -214,7 +261,7 @@ class Reinforce:
         flat = obs.reshape(-1, obs.shape[-1]).double()
         count = torch.tensor([float(flat.shape[0])], dtype=torch.float64, device=flat.device)
         total = self.comm.sum(torch.cat([count, flat.sum(0), flat.pow(2).sum(0)]))
-        n, sums, squares = total[0], total[1:1 + flat.shape[1]], total[1 + flat.shape[1]:]
+        n, sums, squares = total[0], total[1 : 1 + flat.shape[1]], total[1 + flat.shape[1] :]
         mean = sums / n
         self.policy.normalizer.merge(float(n), mean, (squares / n - mean.pow(2)).clamp_min(0.0))
 

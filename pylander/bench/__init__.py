@@ -32,5 +32,14 @@ from pylander.bench.report import TARGETS, check_targets, format_report, lookup
 from pylander.bench.runner import DEFAULT_SECTIONS, SECTIONS, main, run_benchmarks
 from pylander.bench.settings import Settings
 
-__all__ = ["DEFAULT_SECTIONS", "SECTIONS", "TARGETS", "Settings", "check_targets",
-           "format_report", "lookup", "main", "run_benchmarks"]
+__all__ = [
+    "DEFAULT_SECTIONS",
+    "SECTIONS",
+    "TARGETS",
+    "Settings",
+    "check_targets",
+    "format_report",
+    "lookup",
+    "main",
+    "run_benchmarks",
+]

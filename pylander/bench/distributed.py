@@ -34,16 +34,31 @@ def metrics_rate(metrics_csv: Path, skip_fraction: float = 0.2) -> float:
 
 def train_subprocess(procs: int, steps: int, out: Path, timeout_s: float) -> float:
     """Run ``python -m pylander.train --procs <procs>`` into ``out``; returns its steps/s."""
-    cmd = [sys.executable, "-m", "pylander.train", "--procs", str(procs), "--total-steps",
-           str(steps), "--quiet", "--eval-episodes", "1", "--out", str(out), "--force"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pylander.train",
+        "--procs",
+        str(procs),
+        "--total-steps",
+        str(steps),
+        "--quiet",
+        "--eval-episodes",
+        "1",
+        "--out",
+        str(out),
+        "--force",
+    ]
     env = {**os.environ, "PYLANDER_NO_TQDM": "1"}
     # Not from a source checkout: `python -m` would import the unbuilt tree instead.
-    done = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True,
-                          timeout=timeout_s)
+    done = subprocess.run(
+        cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
     if done.returncode != 0:
         tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
-        raise RuntimeError(f"`{' '.join(cmd[1:])}` exited with {done.returncode}:\n"
-                           + "\n".join(tail))
+        raise RuntimeError(
+            f"`{' '.join(cmd[1:])}` exited with {done.returncode}:\n" + "\n".join(tail)
+        )
     return metrics_rate(out / "metrics.csv")
 
 
@@ -55,18 +70,32 @@ def bench_distributed(settings: Settings, workdir: Path, log: Log) -> dict:
     one, two = [], []
     try:
         for r in range(settings.dist_rounds):
-            for procs in ((1, 2) if r % 2 == 0 else (2, 1)):
-                rate = train_subprocess(procs, steps, workdir / f"procs{procs}_{r}",
-                                        settings.dist_timeout_s)
+            for procs in (1, 2) if r % 2 == 0 else (2, 1):
+                rate = train_subprocess(
+                    procs, steps, workdir / f"procs{procs}_{r}", settings.dist_timeout_s
+                )
                 (one if procs == 1 else two).append(rate)
-            log(f"  distributed round {r + 1}/{settings.dist_rounds}: 1 process {one[-1]:,.0f} "
-                f"steps/s, 2 processes {two[-1]:,.0f} steps/s")
+            log(
+                f"  distributed round {r + 1}/{settings.dist_rounds}: 1 process {one[-1]:,.0f} "
+                f"steps/s, 2 processes {two[-1]:,.0f} steps/s"
+            )
     except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
         log(f"  distributed run failed: {exc}")
-        return {"distributed": {"error": str(exc), "procs1_steps_per_s": None,
-                                "procs2_steps_per_s": None, "ratio_2_to_1": None}}
-    return {"distributed": {
-        "procs1_steps_per_s": statistics.median(one),
-        "procs2_steps_per_s": statistics.median(two),
-        "ratio_2_to_1": statistics.median(b / a for a, b in zip(one, two)),
-        "cores": os.cpu_count(), "rounds": len(one), "steps_per_run": steps}}
+        return {
+            "distributed": {
+                "error": str(exc),
+                "procs1_steps_per_s": None,
+                "procs2_steps_per_s": None,
+                "ratio_2_to_1": None,
+            }
+        }
+    return {
+        "distributed": {
+            "procs1_steps_per_s": statistics.median(one),
+            "procs2_steps_per_s": statistics.median(two),
+            "ratio_2_to_1": statistics.median(b / a for a, b in zip(one, two)),
+            "cores": os.cpu_count(),
+            "rounds": len(one),
+            "steps_per_run": steps,
+        }
+    }

@@ -38,14 +38,21 @@ def bench_notebook(settings: Settings, workdir: Path, log: Log) -> dict:
         torch.set_rng_state(algo_rng)
         return len(rewards)
 
-    config = TrainConfig(algo="notebook", total_steps=settings.notebook_steps, quiet=True,
-                         eval_episodes=1)
-    window, algo_rate, notebook_rate = train_interleaved(config, workdir / "notebook",
-                                                         notebook_episode, env.close)
-    log(f"  notebook {notebook_rate:,.0f} steps/s, --algo notebook {algo_rate:,.0f} steps/s "
-        f"over {len(window)} interleaved episodes")
+    config = TrainConfig(
+        algo="notebook", total_steps=settings.notebook_steps, quiet=True, eval_episodes=1
+    )
+    window, algo_rate, notebook_rate = train_interleaved(
+        config, workdir / "notebook", notebook_episode, env.close
+    )
+    log(
+        f"  notebook {notebook_rate:,.0f} steps/s, --algo notebook {algo_rate:,.0f} steps/s "
+        f"over {len(window)} interleaved episodes"
+    )
     return {
         "seed_notebook": {"steps_per_s": notebook_rate},
-        "seed_algo": {"steps_per_s": algo_rate, "ratio_to_notebook": algo_rate / notebook_rate,
-                      "episodes": len(window)},
+        "seed_algo": {
+            "steps_per_s": algo_rate,
+            "ratio_to_notebook": algo_rate / notebook_rate,
+            "episodes": len(window),
+        },
     }

@@ -107,8 +107,11 @@ def pg_native(logits: Tensor, actions: Tensor, weights: Tensor, entropy: bool = 
     return grad
 
 
-def _op_entry(samples: dict[str, list[float]], native: str = "native",
-              baselines: dict[str, list[str]] | None = None) -> dict:
+def _op_entry(
+    samples: dict[str, list[float]],
+    native: str = "native",
+    baselines: dict[str, list[str]] | None = None,
+) -> dict:
     """Times in microseconds and ``speedup_vs_<baseline>`` for each baseline.
 
     ``baselines`` maps a baseline's name to the candidates it stands for; with several, the
@@ -126,19 +129,22 @@ def _op_entry(samples: dict[str, list[float]], native: str = "native",
 
 def bench_ops(settings: Settings, workdir: Path, log: Log) -> dict:
     """The ``ops`` section: ``{"ops": {op: {size: entry}}}`` (see :func:`_op_entry`)."""
-    run = dict(repeats=settings.repeats, sample_seconds=settings.sample_seconds,
-               warmup_calls=settings.warmup_calls)
+    run = dict(
+        repeats=settings.repeats,
+        sample_seconds=settings.sample_seconds,
+        warmup_calls=settings.warmup_calls,
+    )
     device = torch.device(settings.device)
     g = torch.Generator().manual_seed(0)
 
     def data(*tensors: Tensor) -> list[Tensor]:  # drawn on the CPU: the same data on any device
         return [t.to(device) for t in tensors]
 
-    results: dict[str, dict] = {"discounted_returns": {}, "sample_categorical": {},
-                                "pg_loss": {}}
+    results: dict[str, dict] = {"discounted_returns": {}, "sample_categorical": {}, "pg_loss": {}}
     for T, N in settings.returns_sizes:
-        rewards, dones = data(torch.randn(T, N, generator=g),
-                              torch.rand(T, N, generator=g) < DONE_PROB)
+        rewards, dones = data(
+            torch.randn(T, N, generator=g), torch.rand(T, N, generator=g) < DONE_PROB
+        )
         results["discounted_returns"][f"T{T}_N{N}"] = _bench_returns(rewards, dones, run)
         log(f"  discounted_returns T{T}_N{N} done")
     for B in settings.batch_sizes:
@@ -146,11 +152,14 @@ def bench_ops(settings: Settings, workdir: Path, log: Log) -> dict:
         results["sample_categorical"][f"B{B}_A{NUM_ACTIONS}"] = _bench_sampling(logits, run)
         log(f"  sample_categorical B{B}_A{NUM_ACTIONS} done")
     for B in settings.batch_sizes:
-        logits, actions, weights = data(torch.randn(B, NUM_ACTIONS, generator=g),
-                                        torch.randint(0, NUM_ACTIONS, (B,), generator=g),
-                                        torch.randn(B, generator=g))
+        logits, actions, weights = data(
+            torch.randn(B, NUM_ACTIONS, generator=g),
+            torch.randint(0, NUM_ACTIONS, (B,), generator=g),
+            torch.randn(B, generator=g),
+        )
         results["pg_loss"][f"B{B}_A{NUM_ACTIONS}"] = _bench_pg_loss(
-            logits.requires_grad_(), actions, weights, run)
+            logits.requires_grad_(), actions, weights, run
+        )
         log(f"  pg_loss B{B}_A{NUM_ACTIONS} done")
     return {"ops": results}
 
@@ -167,8 +176,9 @@ def _bench_returns(rewards: Tensor, dones: Tensor, run: dict) -> dict:
         torch.testing.assert_close(fn(), want, rtol=1e-4, atol=1e-4, msg=name)
     with torch.no_grad():
         samples = interleaved(candidates, **run)
-    return _op_entry(samples, baselines={"python": ["python"],
-                                         "torch": ["torch_cumsum", "torch_doubling"]})
+    return _op_entry(
+        samples, baselines={"python": ["python"], "torch": ["torch_cumsum", "torch_doubling"]}
+    )
 
 
 def _bench_sampling(logits: Tensor, run: dict) -> dict:
@@ -185,13 +195,18 @@ def _bench_sampling(logits: Tensor, run: dict) -> dict:
     }
     with torch.no_grad():  # as in a rollout
         samples = interleaved(candidates, **run)
-    return _op_entry(samples, baselines={"categorical": ["categorical"],
-                                         "multinomial": ["multinomial"]})
+    return _op_entry(
+        samples, baselines={"categorical": ["categorical"], "multinomial": ["multinomial"]}
+    )
 
 
 def _bench_pg_loss(logits: Tensor, actions: Tensor, weights: Tensor, run: dict) -> dict:
-    torch.testing.assert_close(pg_native(logits, actions, weights),
-                               pg_autograd(logits, actions, weights), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        pg_native(logits, actions, weights),
+        pg_autograd(logits, actions, weights),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     candidates = {
         "native": lambda: pg_native(logits, actions, weights),
         "autograd": lambda: pg_autograd(logits, actions, weights),
@@ -201,6 +216,7 @@ def _bench_pg_loss(logits: Tensor, actions: Tensor, weights: Tensor, run: dict) 
     samples = interleaved(candidates, **run)
     entry = _op_entry(samples, baselines={"autograd": ["autograd"]})
     # Without the entropy term: what a caller that ignores the entropy output would see.
-    entry["speedup_vs_autograd_loss_only"] = speedup(samples["autograd_loss_only"],
-                                                     samples["native_loss_only"])
+    entry["speedup_vs_autograd_loss_only"] = speedup(
+        samples["autograd_loss_only"], samples["native_loss_only"]
+    )
     return entry

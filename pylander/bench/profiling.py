@@ -38,8 +38,10 @@ def breakdown(stats: pstats.Stats, algorithm, updates: int) -> tuple[dict, dict]
     """
     envs = getattr(algorithm, "envs", None)
     if envs is None:
-        raise ValueError(f"the profile section needs an algorithm with a vector env "
-                         f"(algorithm.envs); {type(algorithm).__name__} has none")
+        raise ValueError(
+            f"the profile section needs an algorithm with a vector env "
+            f"(algorithm.envs); {type(algorithm).__name__} has none"
+        )
     cumulative = {key: row[3] for key, row in stats.stats.items()}
 
     def seconds(function) -> float:
@@ -47,12 +49,16 @@ def breakdown(stats: pstats.Stats, algorithm, updates: int) -> tuple[dict, dict]
 
     total = seconds(type(algorithm).iterate)
     rollout = seconds(RolloutCollector.collect)
-    parts = {"env_step": seconds(type(envs).step),
-             "policy_act": seconds(type(algorithm.policy).act)}
+    parts = {
+        "env_step": seconds(type(envs).step),
+        "policy_act": seconds(type(algorithm.policy).act),
+    }
     parts["rollout_glue"] = rollout - parts["env_step"] - parts["policy_act"]
     parts["update"] = total - rollout
-    return ({k: v / updates * 1e3 for k, v in parts.items()},
-            {k: v / total for k, v in parts.items()})
+    return (
+        {k: v / updates * 1e3 for k, v in parts.items()},
+        {k: v / total for k, v in parts.items()},
+    )
 
 
 def bench_profile(settings: Settings, workdir: Path, log: Log, top: int = 12) -> dict:
@@ -78,10 +84,16 @@ def bench_profile(settings: Settings, workdir: Path, log: Log, top: int = 12) ->
         stats.print_stats(top)
         ms_per_update, fractions = breakdown(stats, algorithm, updates)
         cprofile_top = [
-            {"function": f"{Path(filename).name}:{line}({func})", "calls": ncalls,
-             "tottime_ms": tottime / updates * 1e3, "cumtime_ms": cumtime / updates * 1e3}
+            {
+                "function": f"{Path(filename).name}:{line}({func})",
+                "calls": ncalls,
+                "tottime_ms": tottime / updates * 1e3,
+                "cumtime_ms": cumtime / updates * 1e3,
+            }
             for (filename, line, func), (_, ncalls, tottime, cumtime, _) in sorted(
-                stats.stats.items(), key=lambda kv: -kv[1][2])[:top]]
+                stats.stats.items(), key=lambda kv: -kv[1][2]
+            )[:top]
+        ]
 
         # torch.profiler: the torch ops, native ones included, by self CPU time.
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -90,13 +102,26 @@ def bench_profile(settings: Settings, workdir: Path, log: Log, top: int = 12) ->
     finally:
         algorithm.close()
     averages = prof.key_averages()
-    torch_top = [{"op": e.key, "calls": e.count / updates,
-                  "self_cpu_ms": e.self_cpu_time_total / updates / 1e3}
-                 for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:top]]
+    torch_top = [
+        {
+            "op": e.key,
+            "calls": e.count / updates,
+            "self_cpu_ms": e.self_cpu_time_total / updates / 1e3,
+        }
+        for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:top]
+    ]
     log(f"  profiled {updates} updates")
-    return {"profile": {
-        "algorithm": type(algorithm).__name__, "updates": updates,
-        "ms_per_update": ms_per_update, "fractions": fractions,
-        "cprofile_top": cprofile_top, "torch_profiler_top": torch_top,
-        "_text": {"cprofile": stream.getvalue(),
-                  "torch": averages.table(sort_by="self_cpu_time_total", row_limit=top)}}}
+    return {
+        "profile": {
+            "algorithm": type(algorithm).__name__,
+            "updates": updates,
+            "ms_per_update": ms_per_update,
+            "fractions": fractions,
+            "cprofile_top": cprofile_top,
+            "torch_profiler_top": torch_top,
+            "_text": {
+                "cprofile": stream.getvalue(),
+                "torch": averages.table(sort_by="self_cpu_time_total", row_limit=top),
+            },
+        }
+    }

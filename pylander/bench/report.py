@@ -7,18 +7,23 @@ from typing import Any
 # Goals from the benchmark issue: (JSON path of the ratio, minimum).
 TARGETS = {
     "discounted_returns[T=1000,N=64] vs best pure PyTorch": (
-        "ops.discounted_returns.T1000_N64.speedup_vs_torch", 3.0),
+        "ops.discounted_returns.T1000_N64.speedup_vs_torch",
+        3.0,
+    ),
     "sample_categorical[B=64,A=4] vs Categorical": (
-        "ops.sample_categorical.B64_A4.speedup_vs_categorical", 2.0),
-    "pg_loss fwd+bwd[B=1024,A=4] vs autograd": (
-        "ops.pg_loss.B1024_A4.speedup_vs_autograd", 1.5),
+        "ops.sample_categorical.B64_A4.speedup_vs_categorical",
+        2.0,
+    ),
+    "pg_loss fwd+bwd[B=1024,A=4] vs autograd": ("ops.pg_loss.B1024_A4.speedup_vs_autograd", 1.5),
     "trainer vs env-only stepping": ("trainer.ratio_to_env", 0.85),
 }
 
 # The baselines each op's table shows, in order.
-OP_COLUMNS = {"discounted_returns": ["python", "torch"],
-              "sample_categorical": ["categorical", "multinomial"],
-              "pg_loss": ["autograd", "autograd_loss_only"]}
+OP_COLUMNS = {
+    "discounted_returns": ["python", "torch"],
+    "sample_categorical": ["categorical", "multinomial"],
+    "pg_loss": ["autograd", "autograd_loss_only"],
+}
 
 
 def lookup(results: dict, path: str) -> Any:
@@ -56,11 +61,13 @@ def _fmt_us(us: float) -> str:
 
 def _meta_line(meta: dict) -> str:
     gpu = f"{meta['gpu']} | " if meta.get("gpu") else ""
-    return (f"pylander {meta['pylander']} | torch {meta['torch']} | {meta['cpu']} | "
-            f"{meta['cores']} cores | {gpu}ops on {meta.get('device', 'cpu')} | "
-            f"torch threads {meta['torch_threads']} | load "
-            f"{meta['load_before']} -> {meta.get('load_after', '?')} | "
-            f"{meta['preset']} run, {meta.get('seconds', '?')} s")
+    return (
+        f"pylander {meta['pylander']} | torch {meta['torch']} | {meta['cpu']} | "
+        f"{meta['cores']} cores | {gpu}ops on {meta.get('device', 'cpu')} | "
+        f"torch threads {meta['torch_threads']} | load "
+        f"{meta['load_before']} -> {meta.get('load_after', '?')} | "
+        f"{meta['preset']} run, {meta.get('seconds', '?')} s"
+    )
 
 
 def _op_tables(op_results: dict) -> list[str]:
@@ -84,28 +91,40 @@ def _op_tables(op_results: dict) -> list[str]:
 
 def _trainer_line(t: dict, e: dict) -> str:
     c = t["config"]
-    return (f"trainer (default config, policy on {c['device']}: {c['num_envs']} {c['vector']} "
-            f"envs x {c['num_steps']} steps, {c.get('epochs', 1)} epochs x "
-            f"{c.get('minibatches', 1)} minibatches): {t['steps_per_s']:,.0f} steps/s; "
-            f"env only (random actions): {e['steps_per_s']:,.0f} steps/s; "
-            f"ratio {t['ratio_to_env']:.3f}")
+    return (
+        f"trainer (default config, policy on {c['device']}: {c['num_envs']} {c['vector']} "
+        f"envs x {c['num_steps']} steps, {c.get('epochs', 1)} epochs x "
+        f"{c.get('minibatches', 1)} minibatches): {t['steps_per_s']:,.0f} steps/s; "
+        f"env only (random actions): {e['steps_per_s']:,.0f} steps/s; "
+        f"ratio {t['ratio_to_env']:.3f}"
+    )
 
 
 def _distributed_line(d: dict) -> str:
     if d.get("ratio_2_to_1") is None:
         return f"distributed: FAILED: {d.get('error')}"
-    return (f"distributed: 1 process {d['procs1_steps_per_s']:,.0f} steps/s; "
-            f"2 processes {d['procs2_steps_per_s']:,.0f} steps/s; "
-            f"ratio 2:1 {d['ratio_2_to_1']:.2f} ({d['cores']} cores)")
+    return (
+        f"distributed: 1 process {d['procs1_steps_per_s']:,.0f} steps/s; "
+        f"2 processes {d['procs2_steps_per_s']:,.0f} steps/s; "
+        f"ratio 2:1 {d['ratio_2_to_1']:.2f} ({d['cores']} cores)"
+    )
 
 
 def _profile_lines(p: dict) -> list[str]:
-    parts = ", ".join(f"{k} {p['ms_per_update'][k]:.1f} ms ({100 * p['fractions'][k]:.0f}%)"
-                      for k in p["ms_per_update"])
-    return ["", f"profile of {p['algorithm']}.iterate (cProfile, mean of {p['updates']} "
-                f"updates): {parts}",
-            "", "cProfile, top functions by own time:", p["_text"]["cprofile"].strip(),
-            "", "torch.profiler, top ops by self CPU time:", p["_text"]["torch"].strip()]
+    parts = ", ".join(
+        f"{k} {p['ms_per_update'][k]:.1f} ms ({100 * p['fractions'][k]:.0f}%)"
+        for k in p["ms_per_update"]
+    )
+    return [
+        "",
+        f"profile of {p['algorithm']}.iterate (cProfile, mean of {p['updates']} updates): {parts}",
+        "",
+        "cProfile, top functions by own time:",
+        p["_text"]["cprofile"].strip(),
+        "",
+        "torch.profiler, top ops by self CPU time:",
+        p["_text"]["torch"].strip(),
+    ]
 
 
 def format_report(results: dict) -> str:
@@ -117,8 +136,10 @@ def format_report(results: dict) -> str:
         lines += ["", _trainer_line(results["trainer"], results["env_only"])]
     if "seed_notebook" in results:
         n, a = results["seed_notebook"], results["seed_algo"]
-        lines.append(f"notebook's own loop: {n['steps_per_s']:,.0f} steps/s; --algo notebook: "
-                     f"{a['steps_per_s']:,.0f} steps/s; ratio {a['ratio_to_notebook']:.2f}x")
+        lines.append(
+            f"notebook's own loop: {n['steps_per_s']:,.0f} steps/s; --algo notebook: "
+            f"{a['steps_per_s']:,.0f} steps/s; ratio {a['ratio_to_notebook']:.2f}x"
+        )
     if "distributed" in results:
         lines.append(_distributed_line(results["distributed"]))
     if "profile" in results:
@@ -129,6 +150,8 @@ def format_report(results: dict) -> str:
     if targets:
         lines += ["", "targets:"]
         for name, t in targets.items():
-            lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {name}: {t['value']:.2f} "
-                         f"(goal >= {t['goal']})")
+            lines.append(
+                f"  [{'met' if t['met'] else 'MISSED'}] {name}: {t['value']:.2f} "
+                f"(goal >= {t['goal']})"
+            )
     return "\n".join(lines)

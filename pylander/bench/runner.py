@@ -75,20 +75,29 @@ def _load() -> str:
         return "n/a"
 
 
-def run_benchmarks(settings: Settings, sections: Iterable[str] = DEFAULT_SECTIONS,
-                   log: Log = print) -> dict:
+def run_benchmarks(
+    settings: Settings, sections: Iterable[str] = DEFAULT_SECTIONS, log: Log = print
+) -> dict:
     """Run the chosen sections and return the results (the JSON document)."""
     names = section_names(sections)
     torch.set_num_threads(settings.threads)
     started = time.perf_counter()
-    results: dict = {"meta": {
-        "pylander": pylander.__version__, "torch": torch.__version__, "cpu": _cpu_model(),
-        "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(), "load_before": _load(),
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "preset": settings.preset,
-        "device": settings.device,
-        "gpu": torch.cuda.get_device_name() if settings.device == "cuda" else None,
-        "settings": dataclasses.asdict(settings)}}
+    results: dict = {
+        "meta": {
+            "pylander": pylander.__version__,
+            "torch": torch.__version__,
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "load_before": _load(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "preset": settings.preset,
+            "device": settings.device,
+            "gpu": torch.cuda.get_device_name() if settings.device == "cuda" else None,
+            "settings": dataclasses.asdict(settings),
+        }
+    }
     with tempfile.TemporaryDirectory(prefix="pylander-bench-") as tmp:
         for name in names:
             log(SECTIONS[name].title)
@@ -104,23 +113,41 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m pylander.bench``; returns the exit status."""
     from pylander import bench
 
-    parser = argparse.ArgumentParser(prog="python -m pylander.bench",
-                                     description=bench.__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pylander.bench",
+        description=bench.__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes and repeats (CI smoke)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
-    parser.add_argument("--profile", action="store_true",
-                        help="add a profile of training updates (cProfile, torch.profiler)")
-    parser.add_argument("--only", nargs="+", choices=[*SECTIONS, *ALIASES], metavar="SECTION",
-                        help=f"run only these sections, of {', '.join(SECTIONS)} (seed: the old "
-                             "name of notebook)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (the trainer's default is 1)")
-    parser.add_argument("--trainer-updates", type=int, metavar="N",
-                        help="updates timed in the trainer section (default 120, --quick 10)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="where the ops and the trainer's policy run (notebook and "
-                             "distributed stay on the CPU)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="add a profile of training updates (cProfile, torch.profiler)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=[*SECTIONS, *ALIASES],
+        metavar="SECTION",
+        help=f"run only these sections, of {', '.join(SECTIONS)} (seed: the old name of notebook)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (the trainer's default is 1)"
+    )
+    parser.add_argument(
+        "--trainer-updates",
+        type=int,
+        metavar="N",
+        help="updates timed in the trainer section (default 120, --quick 10)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the ops and the trainer's policy run (notebook and "
+        "distributed stay on the CPU)",
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
@@ -137,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     sections = section_names(args.only or DEFAULT_SECTIONS)
     if args.profile:
         sections = section_names([*sections, "profile"])
-    results = run_benchmarks(settings, sections,
-                             log=lambda m: print(m, file=sys.stderr, flush=True))
+    results = run_benchmarks(
+        settings, sections, log=lambda m: print(m, file=sys.stderr, flush=True)
+    )
     print(format_report(results))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ class Settings:
     sample_seconds: float = 0.01  # each candidate's blocked_autorange, per round, runs this long
     warmup_calls: int = 5
     returns_sizes: list[tuple[int, int]] = field(
-        default_factory=lambda: [(T, N) for T in (100, 1000) for N in (1, 16, 64, 256)])
+        default_factory=lambda: [(T, N) for T in (100, 1000) for N in (1, 16, 64, 256)]
+    )
     batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 64, 1024])
     trainer_updates: int = 120  # of the default trainer (16 envs x 128 steps each, as of writing)
     notebook_steps: int = 20_000  # --algo notebook: one update per episode (~100 steps untrained)
@@ -35,9 +36,18 @@ class Settings:
     @classmethod
     def quick(cls) -> Settings:
         """Small repeats and budgets: a smoke run of every section in well under a minute."""
-        return cls(preset="quick", repeats=3, sample_seconds=2e-3, warmup_calls=3,
-                   trainer_updates=10, notebook_steps=2_000, dist_rounds=1, dist_updates=6,
-                   dist_timeout_s=120.0, profile_updates=2)
+        return cls(
+            preset="quick",
+            repeats=3,
+            sample_seconds=2e-3,
+            warmup_calls=3,
+            trainer_updates=10,
+            notebook_steps=2_000,
+            dist_rounds=1,
+            dist_updates=6,
+            dist_timeout_s=120.0,
+            profile_updates=2,
+        )
 
     @classmethod
     def full(cls) -> Settings:

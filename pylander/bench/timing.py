@@ -9,8 +9,12 @@ import torch
 from torch.utils.benchmark import Timer
 
 
-def interleaved(candidates: dict[str, Callable[[], object]], repeats: int, sample_seconds: float,
-                warmup_calls: int) -> dict[str, list[float]]:
+def interleaved(
+    candidates: dict[str, Callable[[], object]],
+    repeats: int,
+    sample_seconds: float,
+    warmup_calls: int,
+) -> dict[str, list[float]]:
     """Seconds per call of each candidate, from ``repeats`` rounds that time every candidate.
 
     Each round measures every candidate with ``Timer.blocked_autorange(min_run_time=
@@ -25,8 +29,10 @@ def interleaved(candidates: dict[str, Callable[[], object]], repeats: int, sampl
     their ratio holds still even when their absolute times do not.
     """
     threads = torch.get_num_threads()  # Timer would otherwise time with one thread
-    timers = {name: Timer("fn()", globals={"fn": fn}, num_threads=threads)
-              for name, fn in candidates.items()}
+    timers = {
+        name: Timer("fn()", globals={"fn": fn}, num_threads=threads)
+        for name, fn in candidates.items()
+    }
     for fn in candidates.values():  # first calls allocate and fill caches
         for _ in range(warmup_calls):
             fn()

@@ -54,8 +54,13 @@ class Interleave(Callback):
     def on_update(self, info: UpdateInfo) -> None:
         now = time.perf_counter()
         if self._block is not None:
-            self.turns.append(Turn(*self._block, trainer_s=now - self._resumed,
-                                   trainer_steps=info.steps - self._steps))
+            self.turns.append(
+                Turn(
+                    *self._block,
+                    trainer_s=now - self._resumed,
+                    trainer_steps=info.steps - self._steps,
+                )
+            )
         self._steps = info.steps
         if info.steps >= info.run.config.total_steps:  # the last update: no trainer time follows
             self._block = None
@@ -67,19 +72,22 @@ class Interleave(Callback):
 
 def rates(window: list[Turn]) -> tuple[float, float]:
     """Steps/s of the trainer and of the interleaved baseline over ``window``."""
-    return (sum(t.trainer_steps for t in window) / sum(t.trainer_s for t in window),
-            sum(t.baseline_steps for t in window) / sum(t.baseline_s for t in window))
+    return (
+        sum(t.trainer_steps for t in window) / sum(t.trainer_s for t in window),
+        sum(t.baseline_steps for t in window) / sum(t.baseline_s for t in window),
+    )
 
 
 def measured_window(turns: list[Turn], skip_fraction: float = 0.2) -> list[Turn]:
     """The turns after the first ``skip_fraction`` (warm-up: allocation, caches)."""
     if len(turns) < 2:
         raise RuntimeError(f"only {len(turns)} complete updates; raise the step budget")
-    return turns[min(max(1, int(len(turns) * skip_fraction)), len(turns) - 1):]
+    return turns[min(max(1, int(len(turns) * skip_fraction)), len(turns) - 1) :]
 
 
-def train_interleaved(config: TrainConfig, out: Path, baseline: Callable[[], int],
-                      close: Callable[[], None]) -> tuple[list[Turn], float, float]:
+def train_interleaved(
+    config: TrainConfig, out: Path, baseline: Callable[[], int], close: Callable[[], None]
+) -> tuple[list[Turn], float, float]:
     """Train ``config`` (into ``out``) with ``baseline`` run after every update (and once before,
     as warm-up), then ``close()`` the baseline's env. Returns the measured window of turns, the
     trainer's and the baseline's steps/s."""
@@ -112,17 +120,27 @@ def bench_trainer(settings: Settings, workdir: Path, log: Log) -> dict:
             envs.step(row)
         return actions.size
 
-    window, trainer_rate, env_rate = train_interleaved(config, workdir / "trainer", env_only,
-                                                       envs.close)
-    per_update = [(t.baseline_s / t.baseline_steps) / (t.trainer_s / t.trainer_steps)
-                  for t in window]
-    log(f"  trainer {trainer_rate:,.0f} steps/s, env only {env_rate:,.0f} steps/s over "
-        f"{len(window)} interleaved updates")
+    window, trainer_rate, env_rate = train_interleaved(
+        config, workdir / "trainer", env_only, envs.close
+    )
+    per_update = [
+        (t.baseline_s / t.baseline_steps) / (t.trainer_s / t.trainer_steps) for t in window
+    ]
+    log(
+        f"  trainer {trainer_rate:,.0f} steps/s, env only {env_rate:,.0f} steps/s over "
+        f"{len(window)} interleaved updates"
+    )
     return {
-        "trainer": {"steps_per_s": trainer_rate, "ratio_to_env": trainer_rate / env_rate,
-                    "ratio_to_env_median_update": statistics.median(per_update),
-                    "updates": len(window),
-                    "config": {k: v for k, v in dataclasses.asdict(config).items()
-                               if k not in ("out", "quiet", "eval_episodes", "total_steps")}},
+        "trainer": {
+            "steps_per_s": trainer_rate,
+            "ratio_to_env": trainer_rate / env_rate,
+            "ratio_to_env_median_update": statistics.median(per_update),
+            "updates": len(window),
+            "config": {
+                k: v
+                for k, v in dataclasses.asdict(config).items()
+                if k not in ("out", "quiet", "eval_episodes", "total_steps")
+            },
+        },
         "env_only": {"steps_per_s": env_rate, "actions": "uniform random"},
     }

@@ -83,8 +83,9 @@ def default_hooks(config: Any, threshold: float | None) -> tuple[list[Callback],
     from pylander.hooks.stopping import StopWhenSolved
 
     if config.eval_interval:
-        first: list[Callback] = [PeriodicEvaluation(config.eval_interval,
-                                                    config.eval_interval_episodes)]
+        first: list[Callback] = [
+            PeriodicEvaluation(config.eval_interval, config.eval_interval_episodes)
+        ]
     else:
         first = [BestTrainingMean()]
     first.append(PeriodicCheckpoint(config.checkpoint_interval))

@@ -22,8 +22,11 @@ class PeriodicEvaluation(Callback):
         if info.steps < counters.get("next_periodic_eval", self.interval):
             return
         counters["next_periodic_eval"] = (info.steps // self.interval + 1) * self.interval
-        returns = run.evaluate(self.episodes, seed=run.config.seed + PERIODIC_SEED_OFFSET,
-                               num_envs=min(self.episodes, 32))
+        returns = run.evaluate(
+            self.episodes,
+            seed=run.config.seed + PERIODIC_SEED_OFFSET,
+            num_envs=min(self.episodes, 32),
+        )
         info.record("eval_mean_return", float(returns.mean()))
         info.record("eval_std_return", float(returns.std()))
         if returns.mean() > counters["best_eval"]:

@@ -43,8 +43,9 @@ class MetricsWriter(Callback):
         summary = run.summary or {}
         if self._tb is not None and summary.get("eval_episodes"):
             for key in ("eval_mean_return", "eval_std_return"):
-                self._tb.add_scalar(f"eval/{key.removeprefix('eval_')}", summary[key],
-                                    summary["steps"])
+                self._tb.add_scalar(
+                    f"eval/{key.removeprefix('eval_')}", summary[key], summary["steps"]
+                )
             self._tb.flush()
 
     def close(self) -> None:
@@ -71,12 +72,16 @@ class ConsoleProgress(Callback):
             bar.update(info.steps - bar.n)
             bar.set_postfix(ret=f"{m['mean_return']:.1f}", eps=info.episodes, refresh=False)
         if info.update % self.log_interval == 0:
-            extra = "  ".join(f"{key} {m[key]:.4g}" for key in ("policy_loss", "value_loss",
-                                                                "entropy", "approx_kl") if key in m)
+            extra = "  ".join(
+                f"{key} {m[key]:.4g}"
+                for key in ("policy_loss", "value_loss", "entropy", "approx_kl")
+                if key in m
+            )
             self.console.message(
                 f"update {info.update:>6}  steps {info.steps:>9}  episodes {info.episodes:>6}  "
                 f"mean return {m['mean_return']:8.2f}  {extra}  "
-                f"{m['steps_per_second']:,.0f} steps/s")
+                f"{m['steps_per_second']:,.0f} steps/s"
+            )
 
     def close(self) -> None:
         if self.console is not None:

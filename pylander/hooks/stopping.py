@@ -28,12 +28,15 @@ class StopWhenSolved(Callback):
         value = info.metrics.get(self.key)
         if value is None or not value >= self.threshold:
             return None
-        if self.key == "mean_return" and (len(run.recent) < run.recent.maxlen
-                                          or info.steps < counters["next_eval_steps"]):
+        if self.key == "mean_return" and (
+            len(run.recent) < run.recent.maxlen or info.steps < counters["next_eval_steps"]
+        ):
             return None
         returns = run.evaluate()
-        run.message(f"{self.key} {value:.1f} >= {self.threshold:g}; confirmation on "
-                    f"{returns.size} fresh greedy episodes: {returns.mean():.1f}")
+        run.message(
+            f"{self.key} {value:.1f} >= {self.threshold:g}; confirmation on "
+            f"{returns.size} fresh greedy episodes: {returns.mean():.1f}"
+        )
         if returns.mean() >= self.threshold:
             run.eval_returns = run.last_eval_returns = returns  # the best is the last
             run.save_best()
