@@ -268,17 +268,18 @@ def test_seed_algorithm_refuses_several_ranks(tmp_path):
 
 
 def test_rank_zero_alone_evaluates_and_all_ranks_stop_together(tmp_path, monkeypatch):
+    import pylander.run as run  # where a run evaluates and finds its reward threshold
     import pylander.trainer as trainer
 
     calls = []
-    real_evaluate = trainer.evaluate
+    real_evaluate = run.evaluate
 
     def counting_evaluate(*args, **kwargs):
         calls.append(1)  # in the forked rank's own memory
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate", counting_evaluate)
-    monkeypatch.setattr(trainer, "reward_threshold", lambda env_id: 0.0)  # solved at 100 episodes
+    monkeypatch.setattr(run, "evaluate", counting_evaluate)
+    monkeypatch.setattr(run, "reward_threshold", lambda env_id: 0.0)  # any policy solves it
     config = TrainConfig(
         env_id="CartPole-v1",
         num_envs=4,

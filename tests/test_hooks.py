@@ -130,9 +130,9 @@ def test_periodic_evaluation_chooses_best_pt_and_the_result_is_scored_fresh(tmp_
 
 
 def test_stop_when_solved_stops_on_the_periodic_evaluation(tmp_path, monkeypatch):
-    import pylander.trainer as trainer
+    import pylander.run as run  # where a run finds its reward threshold
 
-    monkeypatch.setattr(trainer, "reward_threshold", lambda env_id: 0.0)  # any policy solves it
+    monkeypatch.setattr(run, "reward_threshold", lambda env_id: 0.0)  # any policy solves it
     config = tiny(
         tmp_path,
         total_steps=100_000,

@@ -27,7 +27,7 @@ BASE = TrainConfig(
     log_interval=1000,
 )
 # Where the trainer evaluates periodically, evaluate twice per trial (not every update).
-EVAL = ["--eval-interval", "256"] if tune.has_periodic_eval() else []
+EVAL = ["--eval-interval", "256"]
 
 
 def flags(tmp_path: Path, out: Path, *more: str) -> list[str]:
@@ -92,7 +92,7 @@ def search(tmp_path: Path, base: TrainConfig = BASE, steps: int = 1024) -> tune.
         steps,
         2,
         tmp_path,
-        eval_interval=256 if tune.has_periodic_eval() else None,
+        eval_interval=256,
     )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pylander.trainer import Run
+    from pylander.run import Run
 
 
 @dataclass

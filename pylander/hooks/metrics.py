@@ -9,7 +9,7 @@ from pylander.hooks import Callback, UpdateInfo
 from pylander.logger import MetricsCSV
 
 if TYPE_CHECKING:
-    from pylander.trainer import Run
+    from pylander.run import Run
 
 
 class MetricsWriter(Callback):
