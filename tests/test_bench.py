@@ -276,3 +276,15 @@ def test_cli_writes_the_json_it_prints(tmp_path, monkeypatch, capsys):
     assert_positive_ratio(data["ops"]["pg_loss"]["B5_A4"]["speedup_vs_autograd"])
     printed = capsys.readouterr().out
     assert "pg_loss" in printed and str(out) in printed
+
+
+def test_envpool_section_compares_with_gymnasium_env_only_stepping():
+    pytest.importorskip("envpool")
+    results = bench.run_benchmarks(tiny_settings(), ("envpool",), log=lambda m: None)
+    trainer, env_only = results["envpool"], results["envpool_env_only"]
+    assert trainer["config"]["env_backend"] == "envpool" and env_only["backend"] == "gymnasium"
+    assert trainer["ratio_to_env"] == pytest.approx(
+        trainer["steps_per_s"] / env_only["steps_per_s"]
+    )
+    assert "trainer on envpool vs gymnasium env-only stepping" in results["targets"]
+    assert "--env-backend envpool trainer" in bench.format_report(results)

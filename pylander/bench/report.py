@@ -16,6 +16,8 @@ TARGETS = {
     ),
     "pg_loss fwd+bwd[B=1024,A=4] vs autograd": ("ops.pg_loss.B1024_A4.speedup_vs_autograd", 1.5),
     "trainer vs env-only stepping": ("trainer.ratio_to_env", 0.85),
+    "trainer on envpool vs gymnasium env-only stepping": ("envpool.ratio_to_env", 2.0),
+    "--algo notebook vs the notebook's own loop": ("seed_algo.ratio_to_notebook", 4.0),
 }
 
 # The baselines each op's table shows, in order.
@@ -134,6 +136,11 @@ def format_report(results: dict) -> str:
     lines += _op_tables(results.get("ops", {}))
     if "trainer" in results:
         lines += ["", _trainer_line(results["trainer"], results["env_only"])]
+    if "envpool" in results:
+        lines.append(
+            "--env-backend envpool "
+            + _trainer_line(results["envpool"], results["envpool_env_only"])
+        )
     if "seed_notebook" in results:
         n, a = results["seed_notebook"], results["seed_algo"]
         lines.append(

@@ -24,7 +24,7 @@ from pylander.bench.ops import bench_ops
 from pylander.bench.profiling import bench_profile
 from pylander.bench.report import check_targets, format_report, strip_private
 from pylander.bench.settings import Log, Settings
-from pylander.bench.trainer import bench_trainer
+from pylander.bench.trainer import bench_envpool, bench_trainer
 
 
 class Section(NamedTuple):
@@ -37,13 +37,14 @@ class Section(NamedTuple):
 SECTIONS: dict[str, Section] = {
     "ops": Section("ops ...", bench_ops),
     "trainer": Section("trainer vs env-only ...", bench_trainer),
+    "envpool": Section("trainer on envpool's envs vs gymnasium env-only ...", bench_envpool),
     "notebook": Section("notebook's loop vs --algo notebook ...", bench_notebook),
     "distributed": Section("distributed: --procs 1 vs --procs 2 ...", bench_distributed),
     "profile": Section("profile of training updates ...", bench_profile),
 }
 ALIASES = {"seed": "notebook"}
 """Old section names still accepted."""
-DEFAULT_SECTIONS = ("ops", "trainer", "notebook", "distributed")
+DEFAULT_SECTIONS = ("ops", "trainer", "envpool", "notebook", "distributed")
 """What a plain run does; ``--profile`` adds ``profile``."""
 
 

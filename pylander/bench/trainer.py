@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import io
 import itertools
 import statistics
@@ -103,11 +104,33 @@ def train_interleaved(
 
 
 def bench_trainer(settings: Settings, workdir: Path, log: Log) -> dict:
-    """The default trainer against stepping the same vector env with random actions, no learner:
-    one block of ``num_envs x num_steps`` env steps between every two updates."""
-    config = TrainConfig(**{"quiet": True, "eval_episodes": 1, **settings.trainer_overrides})
+    """The default trainer against stepping the same envs (gymnasium, in this process) with random
+    actions, no learner: one block of ``num_envs x num_steps`` env steps between every two
+    updates."""
+    trainer, env_only = versus_env_only(settings, workdir / "trainer", log)
+    return {"trainer": trainer, "env_only": env_only}
+
+
+def bench_envpool(settings: Settings, workdir: Path, log: Log) -> dict:
+    """The trainer stepping envpool's envs (``--env-backend envpool``) against the same
+    gymnasium env-only stepping as :func:`bench_trainer` (nothing without envpool installed)."""
+    if importlib.util.find_spec("envpool") is None:
+        log("  skipped: envpool is not installed (pip install '.[envpool]')")
+        return {}
+    trainer, env_only = versus_env_only(settings, workdir / "envpool", log, env_backend="envpool")
+    return {"envpool": trainer, "envpool_env_only": env_only}
+
+
+def versus_env_only(
+    settings: Settings, out: Path, log: Log, **overrides: object
+) -> tuple[dict, dict]:
+    """The trainer (the settings' config with ``overrides``) interleaved with gymnasium env-only
+    stepping of the same env ids: (trainer entry, env-only entry) of the results."""
+    config = TrainConfig(
+        **{"quiet": True, "eval_episodes": 1, **settings.trainer_overrides, **overrides}
+    )
     config.total_steps = settings.trainer_updates * config.num_envs * config.num_steps
-    envs = make_vector_env(config.env_id, config.num_envs, config.vector)
+    envs = make_vector_env(config.env_id, config.num_envs)
     envs.reset(seed=config.seed + 1)
     # The random actions are drawn before any clock starts.
     rng = np.random.default_rng(config.seed)
@@ -120,9 +143,7 @@ def bench_trainer(settings: Settings, workdir: Path, log: Log) -> dict:
             envs.step(row)
         return actions.size
 
-    window, trainer_rate, env_rate = train_interleaved(
-        config, workdir / "trainer", env_only, envs.close
-    )
+    window, trainer_rate, env_rate = train_interleaved(config, out, env_only, envs.close)
     per_update = [
         (t.baseline_s / t.baseline_steps) / (t.trainer_s / t.trainer_steps) for t in window
     ]
@@ -130,17 +151,15 @@ def bench_trainer(settings: Settings, workdir: Path, log: Log) -> dict:
         f"  trainer {trainer_rate:,.0f} steps/s, env only {env_rate:,.0f} steps/s over "
         f"{len(window)} interleaved updates"
     )
-    return {
-        "trainer": {
-            "steps_per_s": trainer_rate,
-            "ratio_to_env": trainer_rate / env_rate,
-            "ratio_to_env_median_update": statistics.median(per_update),
-            "updates": len(window),
-            "config": {
-                k: v
-                for k, v in dataclasses.asdict(config).items()
-                if k not in ("out", "quiet", "eval_episodes", "total_steps")
-            },
+    trainer = {
+        "steps_per_s": trainer_rate,
+        "ratio_to_env": trainer_rate / env_rate,
+        "ratio_to_env_median_update": statistics.median(per_update),
+        "updates": len(window),
+        "config": {
+            k: v
+            for k, v in dataclasses.asdict(config).items()
+            if k not in ("out", "quiet", "eval_episodes", "total_steps")
         },
-        "env_only": {"steps_per_s": env_rate, "actions": "uniform random"},
     }
+    return trainer, {"steps_per_s": env_rate, "actions": "uniform random", "backend": "gymnasium"}
