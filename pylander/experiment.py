@@ -84,7 +84,7 @@ class Seed:
 
 def plan(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> list[Seed]:
     """Each seed's config, state and command; every error is a usage error, before writing."""
-    from pylander import train as train_cli
+    import pylander.train as train_cli
     from pylander.envs import resolve_env_id
 
     seeds = args.seeds if args.seeds is not None else list(range(1, (args.num_seeds or 0) + 1))
@@ -130,7 +130,12 @@ def _state(out: Path, config: TrainConfig, parser: argparse.ArgumentParser) -> s
 
 
 def _comparable(config: TrainConfig) -> TrainConfig:
-    return dataclasses.replace(config, out=str(Path(config.out).resolve()))
+    """What must match for a run directory to hold this seed's run: what it learns, not where it
+    is (config.toml holds no ``out``) or how one invocation ran (the run-time settings)."""
+    defaults = TrainConfig()
+    return dataclasses.replace(
+        config, out="", **{name: getattr(defaults, name) for name in TrainConfig.runtime_fields()}
+    )
 
 
 def _summary(out: Path) -> dict | None:

@@ -299,7 +299,7 @@ def test_env_kwargs_values_are_toml_or_json_else_strings(capsys):
         "{'n': None}" in usage_error(["--env-kwargs", "n=null"], capsys)
     )
     message = usage_error(["--env", "CartPole-v1", "--env-kwargs", "nope=1"], capsys)
-    assert message.startswith("--env CartPole-v1 cannot be created with --env-kwargs {'nope': 1}")
+    assert message.startswith("--env: CartPole-v1 cannot be created with --env-kwargs {'nope': 1}")
     assert "--env: cannot import module 'no_such_module'" in usage_error(
         ["--env", "no_such_module:Nothing-v0"], capsys
     )

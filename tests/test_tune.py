@@ -14,6 +14,7 @@ optuna = pytest.importorskip("optuna")
 
 from optuna.trial import TrialState  # noqa: E402
 
+from pylander import search as tune_search  # noqa: E402
 from pylander import tune  # noqa: E402
 from pylander.config import TrainConfig  # noqa: E402
 from pylander.trainer import train  # noqa: E402
@@ -50,7 +51,7 @@ def flags(tmp_path: Path, out: Path, *more: str) -> list[str]:
 
 
 def load(out: Path):
-    return optuna.load_study(study_name=tune.STUDY_NAME, storage=f"sqlite:///{out}/study.db")
+    return optuna.load_study(study_name=tune_search.STUDY_NAME, storage=f"sqlite:///{out}/study.db")
 
 
 def test_search_resumes_in_processes_and_its_best_config_trains(tmp_path, capsys):
@@ -85,8 +86,8 @@ class AlwaysPrune(optuna.pruners.BasePruner):
         return True
 
 
-def search(tmp_path: Path, base: TrainConfig = BASE, steps: int = 1024) -> tune.Search:
-    return tune.Search(
+def search(tmp_path: Path, base: TrainConfig = BASE, steps: int = 1024) -> tune_search.Search:
+    return tune_search.Search(
         base,
         ["learning_rate"],
         steps,
@@ -98,7 +99,7 @@ def search(tmp_path: Path, base: TrainConfig = BASE, steps: int = 1024) -> tune.
 
 def test_a_pruned_trial_stops_training_at_its_first_report(tmp_path):
     study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
-    study.optimize(tune.Objective(search(tmp_path)), n_trials=1)
+    study.optimize(tune_search.Objective(search(tmp_path)), n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.PRUNED
     # Reported at the fixed points the first update (128 steps) passed, then stopped.
