@@ -101,7 +101,7 @@ class TrainConfig:
         choices=[*ALGORITHMS, *ALGO_ALIASES],
     )
     seed: int = _run(1, "seed for the network, sampling and the envs")
-    total_steps: int = _run(3_000_000, "env-step budget, summed over all envs and processes")
+    total_steps: int = _run(1_000_000, "env-step budget, summed over all envs and processes")
     stop_when_solved: bool = _run(
         False,
         "stop once the periodic evaluation (else the last 100 training episodes) reaches "
@@ -130,20 +130,20 @@ class TrainConfig:
     ent_coef: float = _pg(0.0, "entropy bonus coefficient")
     vf_coef: float = _pg(0.5, "value loss coefficient (baseline=value)")
     max_grad_norm: float = _pg(0.5, "gradient-norm clipping threshold")
-    learning_rate: float = _pg(3e-4, "Adam learning rate")
-    anneal_lr: bool = _pg(True, "anneal the learning rate linearly to 0 over total_steps")
+    learning_rate: float = _pg(7.4e-4, "Adam learning rate")
+    anneal_lr: bool = _pg(False, "anneal the learning rate linearly to 0 over total_steps")
     epochs: int = _pg(4, "passes over each rollout (more than 1 reuses slightly stale data)")
-    minibatches: int = _pg(4, "Adam steps per pass, each on a disjoint slice of the rollout")
+    minibatches: int = _pg(8, "Adam steps per pass, each on a disjoint slice of the rollout")
     clip_coef: float = _pg(
-        0.0,
+        0.12,
         "PPO's ratio clipping: weight advantages by pi/pi_old, zero "
         "outside [1-eps, 1+eps] in the advantage's direction (0: off)",
     )
     target_kl: float = _pg(
-        0.01, "end an update early once KL(old || new policy) exceeds this (0: never)"
+        0.02, "end an update early once KL(old || new policy) exceeds this (0: never)"
     )
     normalize_obs: bool = _pg(
-        False,
+        True,
         "standardise observations with running statistics (kept in "
         "checkpoints, applied by evaluation and export)",
     )
@@ -159,7 +159,7 @@ class TrainConfig:
         "policy at the end (and confirm a solve)",
     )
     eval_interval: int = _report(
-        100_000,
+        50_000,
         "env steps between periodic greedy evaluations, which "
         "choose best.pt (0: none; best.pt follows the training mean)",
     )

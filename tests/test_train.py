@@ -85,8 +85,10 @@ def test_lunarlander_run_writes_every_output(tmp_path):
         "grad_norm",
     ]:
         assert column in rows[0], column
-    assert all(1 <= int(r["minibatches"]) <= 16 for r in rows)
-    assert float(rows[0]["learning_rate"]) == 3e-4 > float(rows[-1]["learning_rate"])
+    config = TrainConfig()
+    most = config.epochs * config.minibatches  # Adam steps per update before the KL stop
+    assert all(1 <= int(r["minibatches"]) <= most for r in rows)
+    assert all(float(r["learning_rate"]) == config.learning_rate for r in rows)  # not annealed
     assert [int(r["update"]) for r in rows] == list(range(1, len(rows) + 1))
     assert int(rows[-1]["steps"]) == 3072 and len(rows) == 12
 
