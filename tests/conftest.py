@@ -99,3 +99,40 @@ def dominant_logits(
 def on_cpu(*args) -> list:
     """``args`` with every tensor moved to the CPU (to call the CPU kernels or the reference)."""
     return [x.cpu() if isinstance(x, torch.Tensor) else x for x in args]
+
+
+# --- the command line, shared by the CLI and run-directory tests --------------------------
+
+# 64 env steps per update, a checkpoint every 2 updates: a few seconds per run.
+CLI_FAST = [
+    "--env",
+    "CartPole-v1",
+    "--num-envs",
+    "4",
+    "--num-steps",
+    "16",
+    "--checkpoint-interval",
+    "2",
+    "--eval-episodes",
+    "2",
+    "--log-interval",
+    "1000",
+    "--quiet",
+]
+SUBPROCESS_ENV = {**os.environ, "PYLANDER_NO_TQDM": "1", "OMP_NUM_THREADS": "1"}
+
+
+def usage_error(argv: list[str], capsys) -> str:
+    """Run the train CLI in-process; it must exit 2 with one short usage line and the error,
+    which this returns."""
+    with pytest.raises(SystemExit) as info:
+        from pylander.train import main as train_main
+
+        train_main(argv)
+    assert info.value.code == 2, argv
+    err = capsys.readouterr().err
+    # One short usage line and the error, not the usage of every flag.
+    *_notes, usage, error = err.splitlines()
+    assert usage == "usage: python -m pylander.train [options]; see --help", err
+    assert error.startswith("python -m pylander.train: error: "), err
+    return error.split("error: ", 1)[1].strip()

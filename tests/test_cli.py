@@ -20,35 +20,8 @@ import pytest
 from pylander.evaluate import main as evaluate_main
 from pylander.train import main as train_main
 
-FAST = [
-    "--env",
-    "CartPole-v1",
-    "--num-envs",
-    "4",
-    "--num-steps",
-    "16",
-    "--checkpoint-interval",
-    "2",
-    "--eval-episodes",
-    "2",
-    "--log-interval",
-    "1000",
-    "--quiet",
-]
-SUBPROCESS_ENV = {**os.environ, "PYLANDER_NO_TQDM": "1", "OMP_NUM_THREADS": "1"}
-
-
-def usage_error(argv: list[str], capsys) -> str:
-    """Run the train CLI in-process; it must exit 2 with an argparse-style message."""
-    with pytest.raises(SystemExit) as info:
-        train_main(argv)
-    assert info.value.code == 2, argv
-    err = capsys.readouterr().err
-    # One short usage line and the error, not the usage of every flag.
-    *_notes, usage, error = err.splitlines()
-    assert usage == "usage: python -m pylander.train [options]; see --help", err
-    assert error.startswith("python -m pylander.train: error: "), err
-    return error.split("error: ", 1)[1].strip()
+from conftest import CLI_FAST as FAST
+from conftest import SUBPROCESS_ENV, usage_error
 
 
 @pytest.fixture(scope="module")

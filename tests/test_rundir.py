@@ -28,31 +28,8 @@ from pylander.config import TrainConfig
 from pylander.train import main as train_main
 from pylander.trainer import train
 
-FAST = [
-    "--env",
-    "CartPole-v1",
-    "--num-envs",
-    "4",
-    "--num-steps",
-    "16",
-    "--checkpoint-interval",
-    "2",
-    "--eval-episodes",
-    "2",
-    "--log-interval",
-    "1000",
-    "--quiet",
-]
-SUBPROCESS_ENV = {**os.environ, "PYLANDER_NO_TQDM": "1", "OMP_NUM_THREADS": "1"}
-
-
-def usage_error(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as info:
-        train_main(argv)
-    assert info.value.code == 2, argv
-    err = capsys.readouterr().err
-    assert "python -m pylander.train: error: " in err and "Traceback" not in err, err
-    return err.split("error: ", 1)[1].strip()
+from conftest import CLI_FAST as FAST
+from conftest import SUBPROCESS_ENV, usage_error
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
