@@ -136,3 +136,22 @@ def usage_error(argv: list[str], capsys) -> str:
     assert usage == "usage: python -m pylander.train [options]; see --help", err
     assert error.startswith("python -m pylander.train: error: "), err
     return error.split("error: ", 1)[1].strip()
+
+
+# --- a tiny trained run, shared by the Agent and export tests ------------------------------
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """One CartPole run (4 updates, with observation normalisation); tests only read it."""
+    from tiny_run import train_tiny_run
+
+    return train_tiny_run(tmp_path_factory.mktemp("tiny") / "run")
+
+
+@pytest.fixture(scope="session")
+def observations():
+    """200 real CartPole observations."""
+    from tiny_run import env_observations
+
+    return env_observations(count=200)

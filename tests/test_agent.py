@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from tiny_run import env_observations, train_tiny_run
 from torch import nn
 
 from pylander.agent import Agent
@@ -17,18 +16,8 @@ from pylander.policies import ActorCritic
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("agent") / "run")
-
-
-@pytest.fixture(scope="module")
 def agent(run_dir):
     return Agent.load(run_dir)
-
-
-@pytest.fixture(scope="module")
-def observations():
-    return env_observations(count=200)
 
 
 def test_load_a_run_directory_prefers_best(run_dir, agent):

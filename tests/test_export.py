@@ -13,7 +13,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from tiny_run import env_observations, train_tiny_run
 
 from pylander import reference
 from pylander.agent import Agent
@@ -21,18 +20,8 @@ from pylander.export import export, main
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return train_tiny_run(tmp_path_factory.mktemp("export") / "run")
-
-
-@pytest.fixture(scope="module")
 def agent(run_dir):
     return Agent.load(run_dir)
-
-
-@pytest.fixture(scope="module")
-def observations():
-    return env_observations(count=200)
 
 
 @pytest.fixture(scope="module")
