@@ -22,6 +22,13 @@ TORCH_LIBRARY(pylander, m) {
   m.def("adam_scan(Tensor param, Tensor grads, Tensor exp_avg, Tensor exp_avg_sq, int step,"
         " float lr, float beta1, float beta2, float eps)"
         " -> (Tensor param, Tensor exp_avg, Tensor exp_avg_sq)");
+  // The tanh MLP actor and critic of --algo reinforce (csrc/composite/actor_critic.cpp).
+  m.def("policy_sample(Tensor obs, Tensor[] actor, Tensor? obs_mean, Tensor? obs_var,"
+        " float obs_clip, Generator? generator=None) -> (Tensor actions, Tensor log_probs)");
+  m.def("actor_critic_grads(Tensor obs, Tensor[] actor, Tensor[] critic, Tensor actions,"
+        " Tensor advantages, Tensor old_log_probs, Tensor returns, float clip_coef,"
+        " float ent_coef, float vf_coef, float scale)"
+        " -> (Tensor[] actor_grads, Tensor[] critic_grads, Tensor stats)");
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -17,6 +17,8 @@ Semantics (``dones[t, n]`` is true when the step taken at ``t`` in env ``n`` end
   ``clip_coef > 0`` the loss is PPO's clipped surrogate instead (:func:`clipped_pg_loss`).
 * ``sample_categorical``: one action per row of ``softmax(logits)`` and its log-probability.
 * ``adam_scan``: ``T`` steps of ``torch.optim.Adam`` on fixed gradients, bit for bit.
+* ``policy_sample`` and ``actor_critic_grads``: the tanh MLP actor's sampling step and one
+  minibatch's actor and critic gradients, each in one call (composite: one kernel, any device).
 """
 
 from __future__ import annotations
@@ -174,6 +176,78 @@ def adam_scan(
     )
 
 
+def policy_sample(
+    obs: Tensor,
+    actor: list[Tensor],
+    obs_mean: Tensor | None = None,
+    obs_var: Tensor | None = None,
+    obs_clip: float = 10.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Sample an action per row from a tanh MLP policy in one call: ``(actions, log_probs)``.
+
+    Computes ``sample_categorical(mlp(x))`` with ``x = clamp((obs - obs_mean) / sqrt(obs_var +
+    1e-8), -obs_clip, obs_clip)`` (``x = obs`` without the statistics) and ``mlp`` the layers
+    ``actor = [weight_0, bias_0, weight_1, bias_1, ...]`` of ``nn.Linear`` modules with a tanh
+    between them: exactly what :class:`pylander.policies.ActorCritic` computes, bit for bit.
+    No gradient flows through it.
+    """
+    with torch.no_grad():
+        return _ops.policy_sample(obs, actor, obs_mean, obs_var, float(obs_clip), generator)
+
+
+def actor_critic_grads(
+    obs: Tensor,
+    actor: list[Tensor],
+    critic: list[Tensor],
+    actions: Tensor,
+    advantages: Tensor,
+    old_log_probs: Tensor,
+    returns: Tensor,
+    clip_coef: float,
+    ent_coef: float,
+    vf_coef: float,
+    scale: float,
+) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """One minibatch's gradients for tanh MLP actor and critic, by hand, in one native call.
+
+    The loss, with ``pg`` the summed :func:`clipped_pg_loss` (``reduction="sum"``, its old
+    log-probabilities gathered from ``old_log_probs`` at ``actions``), ``H`` the mean entropy
+    and ``v`` the critic's output, is::
+
+        scale * (pg - ent_coef * B * H + vf_coef * 0.5 * sum((v - returns) ** 2))
+
+    Args:
+        obs: ``[B, obs_size]`` inputs of both networks (already normalised).
+        actor, critic: ``[weight_0, bias_0, ...]`` of each network's ``nn.Linear`` layers, tanh
+            between them; ``critic`` may be empty (no value loss; ``returns`` is then unused).
+        actions, advantages: ``[B]`` actions taken and their advantages (constants).
+        old_log_probs: ``[B, A]`` log-softmax of the policy that collected the data.
+        returns: ``[B]`` the critic's regression targets.
+        clip_coef, ent_coef, vf_coef, scale: as in the loss (``scale`` is usually
+            ``1 / global batch size``).
+
+    Returns:
+        ``(actor_grads, critic_grads, stats)``: the gradients in the order of ``actor`` and
+        ``critic``, and float64 ``stats`` = ``[pg, 0.5 * sum((v - returns) ** 2), H,
+        clip fraction, sum of KL(old || new) over the rows]``, all unscaled.
+    """
+    with torch.no_grad():
+        return _ops.actor_critic_grads(
+            obs,
+            actor,
+            critic,
+            actions,
+            advantages,
+            old_log_probs,
+            returns,
+            float(clip_coef),
+            float(ent_coef),
+            float(vf_coef),
+            float(scale),
+        )
+
+
 # --- fake kernels: output metadata only, for FakeTensor tracing and torch.compile -------------
 # The native kernels validate everything else; the one check needed here is the device, since a
 # meta or fake tensor among the inputs routes the call to these kernels instead.
@@ -226,6 +300,22 @@ def _sample_categorical_fake(logits, generator=None):
 def _adam_scan_fake(param, grads, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps):
     _check_same_device(param=param, grads=grads, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
     return torch.empty_like(param), torch.empty_like(exp_avg), torch.empty_like(exp_avg_sq)
+
+
+@torch.library.register_fake("pylander::policy_sample")
+def _policy_sample_fake(obs, actor, obs_mean, obs_var, obs_clip, generator=None):
+    _check_same_device(obs=obs, obs_mean=obs_mean, obs_var=obs_var)
+    batch = obs.shape[0]
+    return obs.new_empty((batch,), dtype=torch.long), obs.new_empty((batch,))
+
+
+@torch.library.register_fake("pylander::actor_critic_grads")
+def _actor_critic_grads_fake(
+    obs, actor, critic, actions, advantages, old_log_probs, returns, clip, ent, vf, scale
+):
+    _check_same_device(obs=obs, actions=actions, advantages=advantages, returns=returns)
+    grads = [[torch.empty_like(p) for p in params] for params in (actor, critic)]
+    return grads[0], grads[1], obs.new_empty((5,), dtype=torch.float64)
 
 
 # --- autograd ---------------------------------------------------------------------------------

@@ -77,44 +77,37 @@ class ActorCritic(nn.Module):
         self.actor = mlp([obs_size, *hidden_sizes, num_actions], out_gain=0.01)
         self.critic = mlp([obs_size, *hidden_sizes, 1], out_gain=1.0) if critic else None
         self.normalizer = ObsNormalizer(obs_size) if normalize_obs else None
-        self._actor_linears = [m for m in self.actor if isinstance(m, nn.Linear)]  # for act()
-        self._act_outputs: dict[tuple, list[Tensor]] = {}  # act()'s layer outputs, by input kind
 
-    def _inputs(self, obs: Tensor) -> Tensor:
+    def normalize(self, obs: Tensor) -> Tensor:
+        """The networks' input: ``obs`` standardised by the running statistics, if kept."""
         return obs if self.normalizer is None else self.normalizer(obs)
 
     def logits(self, obs: Tensor) -> Tensor:
-        return self.actor(self._inputs(obs))
+        return self.actor(self.normalize(obs))
 
     forward = logits  # policy(obs) gives the logits, as every algorithm's policy does
 
     def value(self, obs: Tensor) -> Tensor:
         if self.critic is None:
             raise RuntimeError("this policy was built without a critic (baseline != 'value')")
-        return self.critic(self._inputs(obs)).squeeze(-1)
+        return self.critic(self.normalize(obs)).squeeze(-1)
+
+    def actor_parameters(self) -> list[Tensor]:
+        """The actor's ``[weight, bias]`` of each layer in turn, as the native ops take them."""
+        return list(self.actor.parameters())
+
+    def critic_parameters(self) -> list[Tensor]:
+        """The critic's ``[weight, bias]`` of each layer in turn; empty without a critic."""
+        return [] if self.critic is None else list(self.critic.parameters())
 
     def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Sample actions ``[B]`` for ``obs`` ``[B, obs_size]`` with the native sampler.
-
-        Called once per env step, so it computes exactly what ``self.actor`` does (addmm is what
-        ``F.linear`` runs) in as few dispatches as it can: no module calls, tanh in place, and
-        layer outputs written into buffers kept from one call to the next (about 40% faster).
-        """
-        if not torch.is_inference_mode_enabled():
-            with torch.inference_mode():
-                return self.act(obs, generator)
-        x = self._inputs(obs)
-        key = (x.shape[0], x.dtype, x.device)
-        outputs = self._act_outputs.get(key)
-        if outputs is None:
-            outputs = [x.new_empty(x.shape[0], layer.out_features) for layer in self._actor_linears]
-            self._act_outputs = {key: outputs}  # one batch size in use at a time
-        for i, (layer, out) in enumerate(zip(self._actor_linears, outputs)):
-            if i > 0:  # Linear, Tanh, Linear, ..., Linear
-                torch.tanh_(x)
-            x = torch.addmm(layer.bias, x, layer.weight.t(), out=out)
-        actions, _ = ops.sample_categorical(x, generator)
-        return actions
+        """Sample actions ``[B]`` for ``obs`` ``[B, obs_size]``: called once per env step, so
+        normalisation, the actor and the sampler are one native call (``ops.policy_sample``),
+        which computes exactly what ``logits`` does."""
+        stats = self.normalizer
+        mean, var = (None, None) if stats is None else (stats.mean, stats.var)
+        clip = 0.0 if stats is None else stats.clip
+        return ops.policy_sample(obs, self.actor_parameters(), mean, var, clip, generator)[0]
 
     def architecture(self) -> dict:
         """What a checkpoint must match to be loaded into this policy."""

@@ -1,5 +1,5 @@
 """The fast paths: ``--vector split`` (same run as ``sync``, worker dies with its parent), the
-default ``auto`` mode, and ``ActorCritic.act`` (the same actions as the plain forward pass)."""
+default ``auto`` mode, and ``FusedAdamStep`` (``Adam.step()`` as its one kernel call)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from pylander import ops, split_env
+from pylander import split_env
 from pylander.envs import make_vector_env
 from pylander.logger import WALL_CLOCK
 from pylander.policies import ActorCritic
@@ -148,20 +148,30 @@ def test_auto_mode_splits_only_with_a_second_core_and_two_envs(monkeypatch):
     envs.close()
 
 
-@pytest.mark.parametrize("normalize_obs", [False, True])
-def test_act_samples_what_the_actor_forward_pass_gives(normalize_obs):
+def test_fused_adam_step_is_adam_step_bit_for_bit():
+    """FusedAdamStep against Adam.step() on a twin policy, through a state_dict round trip."""
+    from pylander.algorithms.fused_adam import FusedAdamStep
+
     torch.manual_seed(0)
-    policy = ActorCritic(8, 4, [64, 32], critic=True, normalize_obs=normalize_obs)
-    if normalize_obs:
-        policy.normalizer.merge(
-            100.0, torch.randn(8, dtype=torch.float64), torch.rand(8, dtype=torch.float64) + 0.5
-        )
-    for batch in [16, 16, 5, 16]:  # the output buffers follow the batch size
-        obs = torch.randn(batch, 8) * 3
-        got = policy.act(obs, torch.Generator().manual_seed(batch))  # outside inference mode too
-        with torch.no_grad():
-            want, _ = ops.sample_categorical(policy(obs), torch.Generator().manual_seed(batch))
-        assert torch.equal(got, want)
-    with torch.no_grad():  # buffers are refreshed reads: an update to the weights is seen
-        policy.actor[-1].bias.copy_(torch.tensor([0.0, 0.0, 50.0, 0.0]))
-    assert (policy.act(torch.randn(16, 8)) == 2).all()
+    nets = [ActorCritic(8, 4, [16, 16], critic=True) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [torch.optim.Adam(n.parameters(), lr=3e-3, eps=1e-5, fused=True) for n in nets]
+    lean = FusedAdamStep(opts[1])
+    for step in range(6):
+        grads = [torch.randn_like(p) for p in nets[0].parameters()]
+        for net in nets:
+            for p, g in zip(net.parameters(), grads):
+                p.grad = g.clone()
+        opts[0].step()
+        lean.step()
+        if step == 2:  # resume: a fresh optimizer loaded from the state keeps stepping the same
+            state = opts[1].state_dict()
+            opts[1] = torch.optim.Adam(nets[1].parameters(), lr=3e-3, eps=1e-5, fused=True)
+            opts[1].load_state_dict(state)
+            lean = FusedAdamStep(opts[1])
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b)
+    assert not torch.equal(a, ActorCritic(8, 4, [16, 16], critic=True).critic[-1].bias)
+    assert opts[0].state_dict()["state"][0]["step"] == opts[1].state_dict()["state"][0]["step"] == 6
+    with pytest.raises(ValueError, match="amsgrad"):
+        FusedAdamStep(torch.optim.Adam(nets[0].parameters(), amsgrad=True, fused=True))

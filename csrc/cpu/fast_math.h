@@ -1,5 +1,5 @@
-// Vectorisable exp and log over arrays, for the CPU kernels' per-row softmax statistics, and a
-// macro to build vectorisable loops once per instruction set.
+// Vectorisable exp, log and tanh over arrays, for the CPU kernels' softmax statistics and the
+// actor's hidden layers, and a macro to build vectorisable loops once per instruction set.
 //
 // std::exp / std::log are scalar library calls (~10-20 ns each on the benchmark machine); these
 // loops are plain arithmetic and bit operations that the compiler vectorises. The extension is
@@ -32,41 +32,55 @@ constexpr double kLn2Hi = 6.93147180369123816490e-01;  // fdlibm's split of ln 2
 constexpr double kLn2Lo = 1.90821492927058770002e-10;  // is exact for |k| < 2^20
 constexpr double kShifter = 6755399441055744.0;         // 1.5 * 2^52: x + kShifter rounds x
 
-// x[i] = exp(x[i]) for x[i] <= 0, in place. Arguments below -746 give 0, as exp does.
-__attribute__((always_inline)) inline void exp_nonpositive_poly(double* __restrict x,
-                                                                 int64_t n) {
+// exp(x) for x <= 0. Arguments below -746 give 0, as exp does.
+__attribute__((always_inline)) inline double exp_nonpositive_one(double x) {
   constexpr double kLog2e = 1.4426950408889634;
   constexpr double kTwoToMinus60 = 8.673617379884035e-19;
   const uint64_t shifter_bits = to_bits(kShifter);
   const uint64_t limit_bits = to_bits(-746.0);
+  // max(x, -746) as an unsigned min of the bit patterns (x <= 0); an integer select
+  // vectorises where a floating-point comparison would leave a branch.
+  uint64_t xb = to_bits(x);
+  xb = xb < limit_bits ? xb : limit_bits;
+  const double xi = from_bits(xb);
+  // x = k ln2 + r with |r| <= ln2 / 2; t's low mantissa bits hold the integer k.
+  const double t = xi * kLog2e + kShifter;
+  const double k = t - kShifter;
+  const double r = (xi - k * kLn2Hi) - k * kLn2Lo;
+  double p = 1.0 / 6227020800.0;  // Taylor series of exp(r) to r^13 / 13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  // 2^k built as 2^(k + 60) * 2^-60, so that k down to -1076 stays a normal number until the
+  // last multiply, which rounds into the subnormal range (or to 0) as exp would.
+  const uint64_t scale_bits = (to_bits(t) - shifter_bits + (1023 + 60)) << 52;
+  return (p * from_bits(scale_bits)) * kTwoToMinus60;
+}
+
+// x[i] = exp(x[i]) for x[i] <= 0, in place.
+__attribute__((always_inline)) inline void exp_nonpositive_poly(double* __restrict x,
+                                                                 int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = exp_nonpositive_one(x[i]);
+}
+
+// x[i] = tanh(x[i]), in place: (1 - e) / (1 + e) with e = exp(-2|x|), and the series below
+// |x| = 1e-4, where 1 - e loses digits (the relative error stays below 1e-12).
+__attribute__((always_inline)) inline void tanh_poly(double* __restrict x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    // max(x, -746) as an unsigned min of the bit patterns (x <= 0); an integer select
-    // vectorises where a floating-point comparison would leave a branch.
-    uint64_t xb = to_bits(x[i]);
-    xb = xb < limit_bits ? xb : limit_bits;
-    const double xi = from_bits(xb);
-    // x = k ln2 + r with |r| <= ln2 / 2; t's low mantissa bits hold the integer k.
-    const double t = xi * kLog2e + kShifter;
-    const double k = t - kShifter;
-    const double r = (xi - k * kLn2Hi) - k * kLn2Lo;
-    double p = 1.0 / 6227020800.0;  // Taylor series of exp(r) to r^13 / 13!
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    // 2^k built as 2^(k + 60) * 2^-60, so that k down to -1076 stays a normal number until the
-    // last multiply, which rounds into the subnormal range (or to 0) as exp would.
-    const uint64_t scale_bits = (to_bits(t) - shifter_bits + (1023 + 60)) << 52;
-    x[i] = (p * from_bits(scale_bits)) * kTwoToMinus60;
+    const double a = std::fabs(x[i]);
+    const double e = exp_nonpositive_one(-2.0 * a);
+    const double t = a < 1e-4 ? a * (1.0 - a * a * (1.0 / 3.0)) : (1.0 - e) / (1.0 + e);
+    x[i] = std::copysign(t, x[i]);
   }
 }
 
@@ -124,6 +138,11 @@ __attribute__((target("avx2"))) inline void exp_nonpositive(double* x, int64_t n
 __attribute__((target("avx512f"))) inline void exp_nonpositive(double* x, int64_t n) {
   exp_nonpositive_poly(x, n);
 }
+__attribute__((target("default"))) inline void tanh(double* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = std::tanh(x[i]);
+}
+__attribute__((target("avx2"))) inline void tanh(double* x, int64_t n) { tanh_poly(x, n); }
+__attribute__((target("avx512f"))) inline void tanh(double* x, int64_t n) { tanh_poly(x, n); }
 __attribute__((target("default"))) inline void log_positive(double* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = std::log(x[i]);
 }
@@ -136,6 +155,9 @@ __attribute__((target("avx512f"))) inline void log_positive(double* x, int64_t n
 #else
 inline void exp_nonpositive(double* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+}
+inline void tanh(double* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = std::tanh(x[i]);
 }
 inline void log_positive(double* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = std::log(x[i]);

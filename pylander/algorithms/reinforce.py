@@ -25,10 +25,10 @@ import math
 import gymnasium as gym
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from pylander import ops
 from pylander.algorithms import Iteration, NonFiniteError, check_parameters
+from pylander.algorithms.fused_adam import FusedAdamStep
 from pylander.config import TrainConfig
 from pylander.distributed import Collective
 from pylander.envs import check_spaces, make_vector_env
@@ -61,6 +61,7 @@ class Reinforce:
         self.optimizer = torch.optim.Adam(
             self.policy.parameters(), lr=config.learning_rate, eps=1e-5, fused=True
         )
+        self.adam = FusedAdamStep(self.optimizer)
         # Sampling and minibatch shuffling draw from their own seeded generators, so a run is
         # reproducible and a checkpoint can restore them exactly. Sampling differs per rank (and
         # with several ranks is reseeded with the envs, see reset_envs); shuffling is the same on
@@ -162,83 +163,48 @@ class Reinforce:
         if cfg.normalize_advantages and count > 1:
             advantages = (advantages - mean) / (std + 1e-8)
         batches = comm.minibatches(mask, cfg.epochs, cfg.minibatches, self.shuffle_generator)
-        with torch.no_grad():
-            old_log_probs = torch.log_softmax(self.policy.logits(obs), -1)
-            old_chosen = old_log_probs.gather(1, actions[:, None]).squeeze(1)
-        samples = self._gather(
-            batches, obs, actions, advantages, returns, old_log_probs, old_chosen
-        )
+        with torch.no_grad():  # the normaliser's statistics are fixed for the whole update
+            inputs = self.policy.normalize(obs)
+            old_log_probs = torch.log_softmax(self.policy.actor(inputs), -1)
+        samples = self._gather(batches, inputs, actions, advantages, old_log_probs, returns)
 
-        # policy loss, value loss, entropy, clip fraction, grad norm: summed over the steps taken
-        totals = torch.zeros(5, dtype=torch.float64, device=self.device)
-        steps_taken = 0
-        for step, (
-            batch_obs,
-            batch_actions,
-            batch_advantages,
-            batch_returns,
-            batch_old_log_probs,
-            batch_old_chosen,
-            global_size,
-        ) in enumerate(samples):
+        actor, critic = self.policy.actor_parameters(), self.policy.critic_parameters()
+        nets = [params for params in (actor, critic) if params]
+        taken: list[tuple[Tensor, Tensor, float, int]] = []  # (stats, grad norm, size, rows)
+        for step, (*batch, global_size) in enumerate(samples):
             if global_size == 0:
                 continue
-            logits = self.policy.logits(batch_obs)
-            if (
-                cfg.target_kl > 0
-                and step > 0
-                and self._kl(batch_old_log_probs, logits, global_size) > cfg.target_kl
-            ):
+            # The loss, its statistics and every gradient in one native call (the clipped
+            # surrogate when clip_coef > 0: each advantage weighted by the ratio pi / pi_old, and
+            # by 0 once the ratio has left [1 - eps, 1 + eps] in its direction).
+            actor_grads, critic_grads, stats = ops.actor_critic_grads(
+                batch[0], actor, critic, *batch[1:], cfg.clip_coef, cfg.ent_coef,
+                cfg.vf_coef, 1.0 / global_size,
+            )  # fmt: skip
+            kl = stats[4]
+            if cfg.target_kl > 0 and step > 0 and comm.sum(kl).item() / global_size > cfg.target_kl:
                 break  # the policy moved far from the one that collected the data
-            steps_taken += 1
-            # With clip_coef > 0, PPO's clipped surrogate: each advantage weighted by the ratio
-            # pi / pi_old, and by 0 where the ratio has left [1 - eps, 1 + eps] in its direction.
-            policy_loss, entropy, clipped = ops.clipped_pg_loss(
-                logits, batch_actions, batch_advantages, batch_old_chosen, cfg.clip_coef, "sum"
-            )
-            entropy = entropy * batch_actions.numel()  # reported as the batch mean
-            loss = policy_loss - cfg.ent_coef * entropy
-            value_loss = torch.zeros((), device=self.device)
-            if self.policy.critic is not None:
-                squared_error = (self.policy.value(batch_obs) - batch_returns).pow(2).sum()
-                loss = loss + cfg.vf_coef * 0.5 * squared_error
-                value_loss = 0.5 * squared_error.detach()
-            loss = loss / global_size
-            self.optimizer.zero_grad()  # None: backward then stores, not adds
-            loss.backward()
-            comm.sum_gradients(self.policy.parameters())
-            grad_norm = self.clip_gradients()
+            for param, grad in zip(actor + critic, actor_grads + critic_grads):
+                param.grad = grad
+            comm.sum_gradients(actor + critic)
+            grad_norm = self.clip_gradients(nets)
             if not math.isfinite(grad_norm.item()):
-                what = "loss" if not math.isfinite(loss.item()) else "gradient"
+                what = "loss" if not math.isfinite(stats.sum().item()) else "gradient"
                 raise NonFiniteError(
                     f"non-finite {what} at update {self.updates + 1}; the update was not applied"
                 )
-            self.optimizer.step()
-            # Gradients are summed over ranks, so every rank has the same norm: count it once.
-            totals += (
-                torch.stack(
-                    [
-                        policy_loss.detach(),
-                        value_loss,
-                        entropy.detach(),
-                        clipped * batch_actions.numel(),
-                        grad_norm.detach() * global_size / comm.world_size,
-                    ]
-                ).double()
-                / global_size
-            )
+            self.adam.step()
+            taken.append((stats, grad_norm, global_size, len(batch[1])))
         check_parameters(self.policy, self.updates + 1)
-        policy_loss, value_loss, entropy, clip_fraction, grad_norm = (
-            comm.sum(totals) / max(steps_taken, 1)
-        ).tolist()
+        policy_loss, value_loss, entropy, clip_fraction, grad_norm = self._mean_statistics(taken)
         with torch.no_grad():
-            new_logits = self.policy.logits(obs[index])
+            new_logits = self.policy.actor(inputs[index])
         metrics = {
             "policy_loss": policy_loss,
             "entropy": entropy,
             "grad_norm": grad_norm,
             "approx_kl": self._kl(old_log_probs[index], new_logits, count),
-            "minibatches": steps_taken,
+            "minibatches": len(taken),
             "clip_fraction": clip_fraction,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
         }
@@ -246,6 +212,23 @@ class Reinforce:
             metrics["value_loss"] = value_loss
             metrics["explained_variance"] = self._explained_variance(values[index], returns[index])
         return metrics
+
+    def _mean_statistics(self, taken: list[tuple[Tensor, Tensor, float, int]]) -> list[float]:
+        """Policy loss, value loss, entropy, clip fraction and grad norm per sample, averaged over
+        the minibatches taken (all ranks' samples; every rank has the same summed gradient, so
+        its norm counts once)."""
+        if not taken:
+            return [0.0] * 5
+        world = self.comm.world_size
+        rows = torch.tensor(
+            [[1.0, 1.0, n, n, size / world] for _, _, size, n in taken], dtype=torch.float64
+        )
+        sizes = torch.tensor([size for _, _, size, _ in taken], dtype=torch.float64)
+        per_step = torch.stack(
+            [torch.cat([stats[:4], norm.double().view(1)]) for stats, norm, _, _ in taken]
+        )
+        totals = (per_step * rows.to(per_step.device) / sizes.to(per_step.device)[:, None]).sum(0)
+        return (self.comm.sum(totals) / len(taken)).tolist()
 
     @staticmethod
     def _gather(batches: list[tuple[Tensor, float]], *tensors: Tensor) -> list[tuple]:
@@ -279,19 +262,21 @@ class Reinforce:
         _, _, std_error = self.comm.moments(returns - values)
         return 1.0 - (std_error / std_returns) ** 2 if std_returns > 0 else math.nan
 
-    def clip_gradients(self) -> Tensor:
-        """Clip the actor's and the critic's gradients separately; returns the larger norm.
+    def clip_gradients(self, nets: list[list[Tensor]]) -> Tensor:
+        """Clip each net's gradients (the actor's, the critic's) separately; returns the larger
+        norm.
 
         Jointly, the critic's gradient (regressing returns in the hundreds) dominates the norm
-        and clipping would shrink the actor's step to almost nothing.
+        and clipping would shrink the actor's step to almost nothing. The arithmetic is
+        ``clip_grad_norm_``'s (foreach norms, their norm, one scaled multiply), without its
+        per-call grouping of tensors, which cost more than the arithmetic at this size.
         """
         norms = []
-        for net in (self.policy.actor, self.policy.critic):
-            if net is not None:  # clip_grad_norm_, with one foreach op for all of a net's tensors
-                params = list(net.parameters())
-                norm = get_total_norm([p.grad for p in params], foreach=True)
-                clip_grads_with_norm_(params, self.config.max_grad_norm, norm, foreach=True)
-                norms.append(norm)
+        for params in nets:
+            grads = [p.grad for p in params]
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            torch._foreach_mul_(grads, (self.config.max_grad_norm / (norm + 1e-6)).clamp(max=1.0))
+            norms.append(norm)
         return torch.stack(norms).max()
 
     # --- trainer interface -----------------------------------------------------------------

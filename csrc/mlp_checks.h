@@ -1,0 +1,60 @@
+// Input validation of the MLP ops (policy_sample, actor_critic_grads), shared by their kernels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string>
+
+#include "checks.h"
+
+namespace pylander {
+
+inline void check_obs(const at::Tensor& obs) {
+  check_float(obs, "obs");
+  check_rank(obs, 2, "obs", "[B, obs_size]");
+}
+
+// `params` holds [weight, bias] of each nn.Linear layer in turn, fed `inputs`' columns.
+inline void check_mlp(at::TensorList params, const at::Tensor& inputs, const char* name) {
+  TORCH_CHECK(!params.empty() && params.size() % 2 == 0, "pylander: `", name,
+              "` must be the weight and bias of each layer in turn, got ",
+              num(static_cast<int64_t>(params.size())), " tensors");
+  int64_t width = inputs.size(1);
+  for (size_t l = 0; l < params.size(); l += 2) {
+    const auto& weight = params[l];
+    const auto& bias = params[l + 1];
+    const std::string layer = std::string(name) + "` layer " + num(static_cast<int64_t>(l / 2));
+    TORCH_CHECK(weight.dim() == 2 && bias.dim() == 1 && weight.size(1) == width &&
+                    bias.size(0) == weight.size(0),
+                "pylander: `", layer, " has weight ", shape(weight.sizes()), " and bias ",
+                shape(bias.sizes()), "; expected [out, ", num(width), "] and [out]");
+    check_same_device(weight, inputs, layer.c_str(), "obs");
+    check_same_device(bias, inputs, layer.c_str(), "obs");
+    TORCH_CHECK(weight.scalar_type() == inputs.scalar_type() &&
+                    bias.scalar_type() == inputs.scalar_type(),
+                "pylander: `", layer, " must have the dtype of `obs` (", inputs.scalar_type(),
+                ")");
+    width = weight.size(0);
+  }
+}
+
+inline void check_policy_inputs(const at::Tensor& obs, at::TensorList actor,
+                                const std::optional<at::Tensor>& obs_mean,
+                                const std::optional<at::Tensor>& obs_var) {
+  check_obs(obs);
+  check_mlp(actor, obs, "actor");
+  TORCH_CHECK(obs_mean.has_value() == obs_var.has_value(),
+              "pylander: give both `obs_mean` and `obs_var`, or neither");
+  if (!obs_mean) return;
+  for (const auto* stat : {&*obs_mean, &*obs_var}) {
+    const char* name = stat == &*obs_mean ? "obs_mean" : "obs_var";
+    check_float(*stat, name);
+    TORCH_CHECK(stat->dim() == 1 && stat->size(0) == obs.size(1), "pylander: `", name,
+                "` must have shape [obs_size] = [", num(obs.size(1)), "], got ",
+                shape(stat->sizes()));
+    check_same_device(*stat, obs, name, "obs");
+  }
+}
+
+}  // namespace pylander

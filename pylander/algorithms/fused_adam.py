@@ -1,0 +1,53 @@
+"""``torch.optim.Adam(fused=True).step()`` as its one kernel call.
+
+For the 64-unit networks of ``--algo reinforce`` the optimizer's per-call Python bookkeeping
+(grouping tensors by device and dtype, profiler hooks, state checks) cost several times the fused
+kernel itself, once per minibatch. The state stays the optimizer's own, so checkpoints, resume
+and ``optimizer.step()`` interoperate with this step bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class FusedAdamStep:
+    """Steps a single-group, fused ``torch.optim.Adam`` (no amsgrad, weight decay or maximize)
+    by calling ``torch._fused_adam_`` directly, exactly as ``Adam.step()`` would."""
+
+    def __init__(self, optimizer: torch.optim.Adam):
+        (group,) = optimizer.param_groups
+        if not group["fused"] or group["amsgrad"] or group["weight_decay"] or group["maximize"]:
+            raise ValueError("FusedAdamStep needs Adam(fused=True) without amsgrad, weight decay "
+                             "or maximize")  # fmt: skip
+        params = group["params"]
+        if len({(p.device, p.dtype) for p in params}) != 1:
+            raise ValueError("FusedAdamStep needs every parameter on one device, in one dtype")
+        self.optimizer, self.group, self.params = optimizer, group, params
+
+    def step(self) -> None:
+        state = self.optimizer.state
+        if any(p not in state for p in self.params):
+            self.optimizer.step()  # the first step creates the state
+            return
+        group, states = self.group, [state[p] for p in self.params]
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1)
+        beta1, beta2 = group["betas"]
+        torch._fused_adam_(
+            self.params,
+            [p.grad for p in self.params],
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [],
+            steps,
+            amsgrad=False,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=0.0,
+            eps=group["eps"],
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )

@@ -1,0 +1,183 @@
+"""The MLP ops of ``--algo reinforce`` on every device: ``policy_sample`` against the policy's
+own forward pass and the native sampler, ``actor_critic_grads`` against autograd through the
+loss written in torch, opcheck, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import pylander  # noqa: F401  (loads the ops)
+from pylander import ops
+from pylander.policies import ActorCritic
+
+from conftest import tolerance
+
+OPS = torch.ops.pylander
+SHAPES = [[], [64], [64, 64], [7, 5, 3]]  # hidden sizes
+
+
+def policy(hidden, dtype, device, normalize=False, critic=True, seed=0) -> ActorCritic:
+    torch.manual_seed(seed)
+    net = ActorCritic(6, 4, hidden, critic=critic, normalize_obs=normalize)
+    for p in net.parameters():  # larger weights than the init, so every layer matters
+        p.data.normal_(0, 0.7)
+    if normalize:
+        net.normalizer.merge(
+            50.0, torch.randn(6, dtype=torch.float64), torch.rand(6).double() + 0.1
+        )
+    return net.to(device=device, dtype=dtype)
+
+
+def observations(B, dtype, device, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, 6, generator=g, dtype=torch.float64) * 2).to(dtype).to(device)
+
+
+@pytest.mark.parametrize("hidden", SHAPES, ids=str)
+@pytest.mark.parametrize("B", [1, 16, 37])
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+def test_policy_sample_is_the_policy_forward_then_the_sampler(hidden, B, normalize, dtype, device):
+    net = policy(hidden, dtype, device, normalize)
+    obs = observations(B, dtype, device)
+    stats = net.normalizer
+    mean, var = (stats.mean, stats.var) if normalize else (None, None)
+    got = ops.policy_sample(obs, net.actor_parameters(), mean, var, 10.0,
+                            torch.Generator(device=device).manual_seed(5))  # fmt: skip
+    with torch.no_grad():
+        logits = net.logits(obs)
+    want = ops.sample_categorical(logits, torch.Generator(device=device).manual_seed(5))
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], **tolerance(dtype))
+    # Policy.act is this op.
+    acts = net.act(obs, torch.Generator(device=device).manual_seed(5))
+    assert torch.equal(acts, want[0])
+
+
+def test_policy_sample_clips_normalised_observations(device):
+    net = policy([8], torch.float64, device, normalize=True)
+    obs = observations(5, torch.float64, device) * 1e6  # far outside: every input clips
+    stats = net.normalizer
+    g = lambda: torch.Generator(device=device).manual_seed(0)  # noqa: E731
+    got = ops.policy_sample(obs, net.actor_parameters(), stats.mean, stats.var, 0.5, g())[1]
+    clipped = ((obs - stats.mean) * torch.rsqrt(stats.var + 1e-8)).clamp(-0.5, 0.5)
+    want = ops.sample_categorical(net.actor(clipped).detach(), g())[1]
+    torch.testing.assert_close(got, want, **tolerance(torch.float64))
+
+
+def reference_grads(net, obs, actions, advantages, old_log_probs, returns, clip, ent, vf, scale):
+    """The loss of ``ops.actor_critic_grads``, written in torch and differentiated by autograd."""
+    logits = net.actor(obs)
+    old_chosen = old_log_probs.gather(1, actions[:, None])[:, 0]
+    pg, entropy, clip_fraction = ops.clipped_pg_loss(
+        logits, actions, advantages, old_chosen, clip, "sum"
+    )
+    loss = pg - ent * len(obs) * entropy
+    value_loss = torch.zeros((), dtype=obs.dtype, device=obs.device)
+    if net.critic is not None:
+        value_loss = 0.5 * (net.critic(obs)[:, 0] - returns).pow(2).sum()
+        loss = loss + vf * value_loss
+    params = net.actor_parameters() + net.critic_parameters()
+    grads = torch.autograd.grad(loss * scale, params)
+    new = torch.log_softmax(logits, -1)
+    kl = (old_log_probs.exp() * (old_log_probs - new)).sum()
+    stats = torch.stack([pg, value_loss, entropy, clip_fraction, kl]).detach().double()
+    return list(grads), stats
+
+
+@pytest.mark.parametrize("hidden", SHAPES, ids=str)
+@pytest.mark.parametrize("critic", [True, False], ids=["critic", "no_critic"])
+@pytest.mark.parametrize("clip", [0.0, 0.2])
+def test_actor_critic_grads_match_autograd(hidden, critic, clip, dtype, device):
+    B = 45
+    net = policy(hidden, dtype, device, critic=critic)
+    obs = observations(B, dtype, device)
+    g = torch.Generator().manual_seed(3)
+    actions = torch.randint(0, 4, (B,), generator=g).to(device)
+    advantages = torch.randn(B, generator=g, dtype=torch.float64).to(dtype).to(device)
+    returns = (torch.randn(B, generator=g, dtype=torch.float64) * 20).to(dtype).to(device)
+    with torch.no_grad():  # an older policy: ratios spread around 1, some clipped
+        noise = torch.randn(B, 4, generator=g, dtype=torch.float64).to(dtype).to(device)
+        old_log_probs = torch.log_softmax(net.actor(obs) + 0.3 * noise, -1)
+    args = (actions, advantages, old_log_probs, returns, clip, 0.05, 0.5, 1 / 60)
+    actor_grads, critic_grads, stats = ops.actor_critic_grads(
+        obs, net.actor_parameters(), net.critic_parameters(), *args
+    )
+    want_grads, want_stats = reference_grads(net, obs, *args)
+    assert len(actor_grads) == len(net.actor_parameters())
+    assert len(critic_grads) == len(net.critic_parameters())
+    for got, want in zip(actor_grads + critic_grads, want_grads):
+        torch.testing.assert_close(got, want, **tolerance(dtype))
+    torch.testing.assert_close(stats, want_stats, rtol=1e-5, atol=1e-5)
+    if clip > 0:
+        assert 0 < stats[3] < 1  # the inputs did clip some rows, so that path is checked
+
+
+def opcheck_cases(device, dtype):
+    net = policy([5], dtype, device, normalize=True)
+    obs = observations(7, dtype, device)
+    g = torch.Generator().manual_seed(0)
+    actions = torch.randint(0, 4, (7,), generator=g).to(device)
+    adv = torch.randn(7, generator=g).to(dtype).to(device)
+    old = torch.log_softmax(torch.randn(7, 4, generator=g), -1).to(dtype).to(device)
+    # Logits far apart: the draw is certain, so eager and traced runs agree.
+    big = [p.detach() * 50 for p in net.actor_parameters()]
+    actor, critic = net.actor_parameters(), net.critic_parameters()
+    detached = lambda ps: [p.detach() for p in ps]  # noqa: E731
+    stats = net.normalizer
+    return [
+        (OPS.policy_sample.default, (obs, big, None, None, 10.0, None)),
+        (OPS.policy_sample.default, (obs, big, stats.mean, stats.var, 3.0, None)),
+        (
+            OPS.actor_critic_grads.default,
+            (obs, detached(actor), detached(critic), actions, adv, old, adv, 0.2, 0.01, 0.5, 0.1),
+        ),
+        (
+            OPS.actor_critic_grads.default,
+            (obs, detached(actor), [], actions, adv, old, adv, 0.0, 0.0, 0.5, 1.0),
+        ),  # fmt: skip
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_opcheck(case, dtype, device):
+    op, args = opcheck_cases(device, dtype)[case]
+    opcheck(op, args)
+
+
+def bad_inputs():
+    net = policy([5], torch.float32, "cpu", normalize=True)
+    obs = observations(3, torch.float32, "cpu")
+    actor, critic = net.actor_parameters(), net.critic_parameters()
+    mean, var = net.normalizer.mean, net.normalizer.var
+    a, w = torch.zeros(3, dtype=torch.long), torch.zeros(3)
+    old = torch.log_softmax(torch.zeros(3, 4), -1)
+    sample = lambda *x: ops.policy_sample(*x)  # noqa: E731
+    grads = lambda *x: ops.actor_critic_grads(*x, 0.2, 0.01, 0.5, 1.0)  # noqa: E731
+    return [
+        (lambda: sample(obs[0], actor), "`obs` must have shape [B, obs_size]"),
+        (lambda: sample(obs.long(), actor), "`obs` must be float32 or float64"),
+        (lambda: sample(obs, actor[:3]), "the weight and bias of each layer in turn"),
+        (lambda: sample(obs, []), "the weight and bias of each layer in turn"),
+        (lambda: sample(obs[:, :4], actor), "`actor` layer 0 has weight [5, 6]"),
+        (lambda: sample(obs, [actor[0], actor[1], actor[0], actor[3]]), "`actor` layer 1"),
+        (lambda: sample(obs, [p.double() for p in actor]), "must have the dtype of `obs`"),
+        (lambda: sample(obs, actor, mean, None), "give both `obs_mean` and `obs_var`"),
+        (lambda: sample(obs, actor, mean[:2], var), "`obs_mean` must have shape [obs_size]"),
+        (lambda: grads(obs, actor, critic, a, w, old[:, :2], w), "`old_log_probs` must have"),
+        (lambda: grads(obs, actor, actor, a, w, old, w), "the critic must have one output"),
+        (lambda: grads(obs, actor, critic, a + 4, w, old, w), "`actions` must lie in [0, 4)"),
+        (lambda: grads(obs, actor, critic, a, w[:2], old, w), "`actions` and `weights` must"),
+        (lambda: grads(obs, actor, critic, a, w, old, w[:2]), "`returns` must have the shape"),
+        (lambda: grads(obs, actor, critic, a, w * float("nan"), old, w), "contains NaN"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(bad_inputs())))
+def test_bad_inputs_raise_named_errors(case):
+    call, fragment = bad_inputs()[case]
+    with pytest.raises((RuntimeError, ValueError)) as info:
+        call()
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value).split("Exception raised from")[0].strip()
