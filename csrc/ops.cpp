@@ -29,6 +29,9 @@ TORCH_LIBRARY(pylander, m) {
         " Tensor advantages, Tensor old_log_probs, Tensor returns, float clip_coef,"
         " float ent_coef, float vf_coef, float scale)"
         " -> (Tensor[] actor_grads, Tensor[] critic_grads, Tensor stats)");
+  // The notebook's PolicyNetwork.act on one observation, drawing from torch's global generator
+  // (csrc/composite/notebook_act.cpp).
+  m.def("notebook_act(Tensor observation, Tensor weight, Tensor bias) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -19,6 +19,7 @@ Semantics (``dones[t, n]`` is true when the step taken at ``t`` in env ``n`` end
 * ``adam_scan``: ``T`` steps of ``torch.optim.Adam`` on fixed gradients, bit for bit.
 * ``policy_sample`` and ``actor_critic_grads``: the tanh MLP actor's sampling step and one
   minibatch's actor and critic gradients, each in one call (composite: one kernel, any device).
+* ``notebook_act``: the notebook's ``PolicyNetwork.act``, on torch's global generator.
 """
 
 from __future__ import annotations
@@ -248,6 +249,17 @@ def actor_critic_grads(
         )
 
 
+def notebook_act(observation: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """The notebook's ``PolicyNetwork.act`` on one observation: the action, a ``[1]`` int64.
+
+    Runs the same ATen ops as :class:`pylander.reference.PolicyNetwork` (Linear, ReLU,
+    ``log(softmax + 1e-9)``, ``exp``, ``torch.multinomial``) in one call, drawing from torch's
+    global generator exactly as the notebook does.
+    """
+    with torch.no_grad():
+        return _ops.notebook_act(observation, weight, bias)
+
+
 # --- fake kernels: output metadata only, for FakeTensor tracing and torch.compile -------------
 # The native kernels validate everything else; the one check needed here is the device, since a
 # meta or fake tensor among the inputs routes the call to these kernels instead.
@@ -316,6 +328,12 @@ def _actor_critic_grads_fake(
     _check_same_device(obs=obs, actions=actions, advantages=advantages, returns=returns)
     grads = [[torch.empty_like(p) for p in params] for params in (actor, critic)]
     return grads[0], grads[1], obs.new_empty((5,), dtype=torch.float64)
+
+
+@torch.library.register_fake("pylander::notebook_act")
+def _notebook_act_fake(observation, weight, bias):
+    _check_same_device(observation=observation, weight=weight, bias=bias)
+    return observation.new_empty((1,), dtype=torch.long)
 
 
 # --- autograd ---------------------------------------------------------------------------------

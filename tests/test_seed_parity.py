@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.library import opcheck
 
-from pylander import reference
+from pylander import ops, reference
 from pylander.algorithms.notebook import NotebookReinforce
 from pylander.checkpoint import load_checkpoint
 from pylander.config import TrainConfig
@@ -119,3 +120,29 @@ def test_notebook_mode_prints_the_notebook_progress_line(tmp_path, capsys):
     )
     assert code == 0
     assert "Episode 0 finished with average reward" in capsys.readouterr().out
+
+
+def test_notebook_act_draws_what_the_notebook_act_draws():
+    """The native act against PolicyNetwork.act: the same actions and the same global RNG."""
+    torch.manual_seed(0)
+    model = reference.PolicyNetwork((8, 4))
+    observations = (torch.randn(300, 8) * 2).numpy()
+    torch.manual_seed(3)
+    want = [model.act(o)[0] for o in observations]
+    state_after = torch.get_rng_state()
+    torch.manual_seed(3)
+    got = [
+        int(ops.notebook_act(torch.from_numpy(o), model.w.weight, model.w.bias))
+        for o in observations
+    ]
+    assert got == want
+    assert len(set(got)) == 4  # the draws were random, not one certain action
+    assert torch.equal(torch.get_rng_state(), state_after)
+    with pytest.raises(RuntimeError, match="do not fit an observation of shape"):
+        ops.notebook_act(torch.zeros(5), model.w.weight, model.w.bias)
+
+
+def test_notebook_act_opcheck():
+    weight = torch.zeros(4, 8)
+    bias = torch.tensor([0.0, 0.0, 80.0, 0.0])  # a certain action: eager and traced runs agree
+    opcheck(torch.ops.pylander.notebook_act.default, (torch.randn(8), weight, bias))

@@ -69,10 +69,11 @@ class NotebookReinforce:
         """Play one episode like the notebook's ``run_episode``; returns (obs, actions, rewards)."""
         observation, _ = self.env.reset()
         observations, actions, rewards = [], [], []
+        layer = self.policy.w
         while True:
             observations.append(observation)
-            with torch.no_grad():  # same draws from the global RNG as the notebook's act()
-                action, _ = self.policy.act(observation)
+            # The notebook's act() in one native call: the same draws from the global RNG.
+            action = int(ops.notebook_act(torch.from_numpy(observation), layer.weight, layer.bias))
             observation, reward, terminated, truncated, _ = self.env.step(action)
             actions.append(action)
             rewards.append(reward)
