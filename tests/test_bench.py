@@ -194,6 +194,8 @@ def test_ops_trainer_and_notebook_sections_give_the_documented_keys():
         "discounted_returns": ("T8_N3", ["python", "torch"]),
         "sample_categorical": ("B5_A4", ["categorical", "multinomial"]),
         "pg_loss": ("B5_A4", ["autograd", "autograd_loss_only"]),
+        "policy_sample": ("B16", ["torch"]),  # the trainer's sizes, whatever the preset
+        "actor_critic_grads": ("B256", ["autograd"]),
     }
     for op, (size, baselines) in expected.items():
         entry = results["ops"][op][size]

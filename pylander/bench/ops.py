@@ -2,7 +2,8 @@
 pure-PyTorch versions, at several sizes, after checking that every candidate computes the same.
 
 ``discounted_returns``, ``sample_categorical`` and ``pg_loss`` forward + backward; the baselines
-are plain functions here, so that the tests can check them against the native ops too.
+are plain functions here, so that the tests can check them against the native ops too. On the
+CPU also the MLP ops of ``--algo reinforce`` (:mod:`pylander.bench.mlp`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 from pylander import ops
+from pylander.bench.mlp import mlp_candidates
 from pylander.bench.settings import Log, Settings
 from pylander.bench.timing import interleaved, speedup
 
@@ -161,6 +163,12 @@ def bench_ops(settings: Settings, workdir: Path, log: Log) -> dict:
             logits.requires_grad_(), actions, weights, run
         )
         log(f"  pg_loss B{B}_A{NUM_ACTIONS} done")
+    if device.type == "cpu":  # the trainer's CPU sizes; the MLP ops' CUDA path is composite
+        for op, case in mlp_candidates().items():
+            size, candidates = case.pop("size"), case
+            baselines = {name: [name] for name in candidates if name != "native"}
+            results[op] = {size: _op_entry(interleaved(candidates, **run), baselines=baselines)}
+            log(f"  {op} {size} done")
     return {"ops": results}
 
 

@@ -25,6 +25,8 @@ OP_COLUMNS = {
     "discounted_returns": ["python", "torch"],
     "sample_categorical": ["categorical", "multinomial"],
     "pg_loss": ["autograd", "autograd_loss_only"],
+    "policy_sample": ["torch"],
+    "actor_critic_grads": ["autograd"],
 }
 
 
