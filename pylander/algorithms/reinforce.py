@@ -2,7 +2,8 @@
 
 Each iteration:
 
-1. collect ``num_steps`` steps from ``num_envs`` envs with the native sampler (``rollout.py``);
+1. collect ``num_steps`` steps from ``num_envs`` envs, one native ``policy_sample`` call per
+   step (``rollout.py``);
 2. compute advantages with the native scans:
    * ``baseline="value"``: a learned critic and GAE(lambda). A truncated (time-limit) episode's
      tail is bootstrapped with ``gamma * V(final observation)``, never treated as terminal;
@@ -11,7 +12,8 @@ Each iteration:
      are left out of the loss; use rollouts longer than an episode with these baselines;
 3. optionally normalise advantages, then take ``epochs`` passes of ``minibatches`` Adam steps on
    disjoint slices of the batch, minimising ``pg_loss - ent_coef * entropy + vf_coef *
-   value_loss`` (native ``pg_loss`` forward and backward), with gradient-norm clipping and a
+   value_loss`` (loss and gradients in one native ``actor_critic_grads`` call per minibatch,
+   Adam in one fused kernel call), with gradient-norm clipping and a
    linearly annealed learning rate. The later passes reuse slightly stale data: ``target_kl``
    ends the update once the policy has moved that far, and ``clip_coef`` > 0 weights each
    advantage by the importance ratio and drops it once the ratio leaves ``[1 - eps, 1 + eps]``
