@@ -29,8 +29,9 @@ inline void check_mlp(at::TensorList params, const at::Tensor& inputs, const cha
                     bias.size(0) == weight.size(0),
                 "pylander: `", layer, " has weight ", shape(weight.sizes()), " and bias ",
                 shape(bias.sizes()), "; expected [out, ", num(width), "] and [out]");
-    check_same_device(weight, inputs, layer.c_str(), "obs");
-    check_same_device(bias, inputs, layer.c_str(), "obs");
+    TORCH_CHECK(weight.device() == inputs.device() && bias.device() == inputs.device(),
+                "pylander: `", layer, " is on ", weight.device(), " but `obs` is on ",
+                inputs.device(), "; move them to the same device");
     TORCH_CHECK(weight.scalar_type() == inputs.scalar_type() &&
                     bias.scalar_type() == inputs.scalar_type(),
                 "pylander: `", layer, " must have the dtype of `obs` (", inputs.scalar_type(),

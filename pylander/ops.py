@@ -190,8 +190,9 @@ def policy_sample(
     Computes ``sample_categorical(mlp(x))`` with ``x = clamp((obs - obs_mean) / sqrt(obs_var +
     1e-8), -obs_clip, obs_clip)`` (``x = obs`` without the statistics) and ``mlp`` the layers
     ``actor = [weight_0, bias_0, weight_1, bias_1, ...]`` of ``nn.Linear`` modules with a tanh
-    between them: exactly what :class:`pylander.policies.ActorCritic` computes, bit for bit.
-    No gradient flows through it.
+    between them: what :class:`pylander.policies.ActorCritic` computes (bit for bit on devices
+    other than the CPU; the CPU kernel's own loops and tanh round differently, by ~1e-7 in
+    float32, so an action at the edge between two can rarely differ). No gradient flows.
     """
     with torch.no_grad():
         return _ops.policy_sample(obs, actor, obs_mean, obs_var, float(obs_clip), generator)

@@ -103,7 +103,7 @@ class ActorCritic(nn.Module):
     def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Sample actions ``[B]`` for ``obs`` ``[B, obs_size]``: called once per env step, so
         normalisation, the actor and the sampler are one native call (``ops.policy_sample``),
-        which computes exactly what ``logits`` does."""
+        which computes what ``logits`` does (up to rounding on the CPU)."""
         stats = self.normalizer
         mean, var = (None, None) if stats is None else (stats.mean, stats.var)
         clip = 0.0 if stats is None else stats.clip

@@ -114,6 +114,23 @@ def test_actor_critic_grads_match_autograd(hidden, critic, clip, dtype, device):
         assert 0 < stats[3] < 1  # the inputs did clip some rows, so that path is checked
 
 
+def test_empty_batches_give_empty_actions_and_zero_gradients(dtype, device):
+    """A rank's share of a minibatch can be empty in a distributed update."""
+    net = policy([5], dtype, device, normalize=True)
+    obs = observations(0, dtype, device)
+    stats = net.normalizer
+    actions, log_probs = ops.policy_sample(obs, net.actor_parameters(), stats.mean, stats.var)
+    assert actions.shape == (0,) and log_probs.shape == (0,)
+    empty = obs.new_zeros(0)
+    actor_grads, critic_grads, stats = ops.actor_critic_grads(
+        obs, net.actor_parameters(), net.critic_parameters(), actions, empty,
+        obs.new_zeros(0, 4), empty, 0.2, 0.01, 0.5, 1.0,
+    )  # fmt: skip
+    for grad, param in zip(actor_grads + critic_grads, net.parameters()):
+        assert grad.shape == param.shape and not grad.any()
+    assert torch.equal(stats, torch.zeros(5, dtype=torch.float64, device=device))
+
+
 def opcheck_cases(device, dtype):
     net = policy([5], dtype, device, normalize=True)
     obs = observations(7, dtype, device)
@@ -170,6 +187,7 @@ def bad_inputs():
         (lambda: grads(obs, actor, critic, a + 4, w, old, w), "`actions` must lie in [0, 4)"),
         (lambda: grads(obs, actor, critic, a, w[:2], old, w), "`actions` and `weights` must"),
         (lambda: grads(obs, actor, critic, a, w, old, w[:2]), "`returns` must have the shape"),
+        (lambda: grads(obs, actor, critic, a, w, old, w.double()), "`returns` must be Float"),
         (lambda: grads(obs, actor, critic, a, w * float("nan"), old, w), "contains NaN"),
     ]
 

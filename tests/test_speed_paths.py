@@ -158,17 +158,16 @@ def test_fused_adam_step_is_adam_step_bit_for_bit():
     opts = [torch.optim.Adam(n.parameters(), lr=3e-3, eps=1e-5, fused=True) for n in nets]
     lean = FusedAdamStep(opts[1])
     for step in range(6):
+        for opt in opts:  # a schedule, as --anneal-lr writes it
+            opt.param_groups[0]["lr"] = 3e-3 / (step + 1)
         grads = [torch.randn_like(p) for p in nets[0].parameters()]
         for net in nets:
             for p, g in zip(net.parameters(), grads):
                 p.grad = g.clone()
         opts[0].step()
         lean.step()
-        if step == 2:  # resume: a fresh optimizer loaded from the state keeps stepping the same
-            state = opts[1].state_dict()
-            opts[1] = torch.optim.Adam(nets[1].parameters(), lr=3e-3, eps=1e-5, fused=True)
-            opts[1].load_state_dict(state)
-            lean = FusedAdamStep(opts[1])
+        if step == 2:  # resume as Reinforce does: load_state_dict replaces the param group
+            opts[1].load_state_dict(opts[1].state_dict())
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         assert torch.equal(a, b)
     assert not torch.equal(a, ActorCritic(8, 4, [16, 16], critic=True).critic[-1].bias)

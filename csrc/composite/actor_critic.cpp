@@ -8,7 +8,8 @@
 // From Python these took ~60 dispatches with autograd bookkeeping per minibatch; here each is one
 // call whose ATen ops dispatch from C++. They are composite (ATen ops plus pylander's own
 // pg_loss and sample_categorical kernels through the dispatcher), so one implementation serves
-// every device. The layers are nn.Linear's: weight [out, in], bias [out].
+// every device; policy_sample also has a CPU kernel (csrc/cpu/policy_sample.cpp) that takes
+// precedence there. The layers are nn.Linear's: weight [out, in], bias [out].
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -105,7 +106,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> actor_c
   check_same_shape(old_log_probs, logits, "old_log_probs", "the actor's logits");
   check_same_device(old_log_probs, obs, "old_log_probs", "obs");
   check_dtype(old_log_probs, obs.scalar_type(), "old_log_probs");
-  check_float(returns, "returns");
+  check_dtype(returns, obs.scalar_type(), "returns");
   TORCH_CHECK_VALUE(std::isfinite(ent_coef) && std::isfinite(vf_coef) && std::isfinite(scale),
                     "pylander: `ent_coef`, `vf_coef` and `scale` must be finite");
   // pg_loss checks actions and advantages (shapes, dtypes, range, finiteness) and clip_coef,

@@ -20,23 +20,25 @@ class FusedAdamStep:
         if not group["fused"] or group["amsgrad"] or group["weight_decay"] or group["maximize"]:
             raise ValueError("FusedAdamStep needs Adam(fused=True) without amsgrad, weight decay "
                              "or maximize")  # fmt: skip
-        params = group["params"]
-        if len({(p.device, p.dtype) for p in params}) != 1:
+        if len({(p.device, p.dtype) for p in group["params"]}) != 1:
             raise ValueError("FusedAdamStep needs every parameter on one device, in one dtype")
-        self.optimizer, self.group, self.params = optimizer, group, params
+        self.optimizer = optimizer
 
     def step(self) -> None:
-        state = self.optimizer.state
-        if any(p not in state for p in self.params):
+        # The group is read on every step: optimizer.load_state_dict replaces it (a resume), and
+        # the learning-rate schedule writes to the new one.
+        (group,) = self.optimizer.param_groups
+        params, state = group["params"], self.optimizer.state
+        if any(p not in state for p in params):
             self.optimizer.step()  # the first step creates the state
             return
-        group, states = self.group, [state[p] for p in self.params]
+        states = [state[p] for p in params]
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1)
         beta1, beta2 = group["betas"]
         torch._fused_adam_(
-            self.params,
-            [p.grad for p in self.params],
+            params,
+            [p.grad for p in params],
             [s["exp_avg"] for s in states],
             [s["exp_avg_sq"] for s in states],
             [],
