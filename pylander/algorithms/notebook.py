@@ -69,11 +69,15 @@ class NotebookReinforce:
         """Play one episode like the notebook's ``run_episode``; returns (obs, actions, rewards)."""
         observation, _ = self.env.reset()
         observations, actions, rewards = [], [], []
-        layer = self.policy.w
+        # Detached, and the op called directly: without autograd's dispatch and the wrapper's
+        # no_grad, the per-step call costs a third less (measured; it is most of a step's time).
+        weight, bias = self.policy.w.weight.detach(), self.policy.w.bias.detach()
         while True:
             observations.append(observation)
             # The notebook's act() in one native call: the same draws from the global RNG.
-            action = int(ops.notebook_act(torch.from_numpy(observation), layer.weight, layer.bias))
+            action = int(
+                torch.ops.pylander.notebook_act(torch.from_numpy(observation), weight, bias)
+            )
             observation, reward, terminated, truncated, _ = self.env.step(action)
             actions.append(action)
             rewards.append(reward)
