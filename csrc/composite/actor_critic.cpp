@@ -11,7 +11,6 @@
 // every device; policy_sample also has a CPU kernel (csrc/cpu/policy_sample.cpp) that takes
 // precedence there. The layers are nn.Linear's: weight [out, in], bias [out].
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -20,6 +19,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../dispatch.h"
 #include "../mlp_checks.h"
 
 namespace pylander {
@@ -73,20 +73,8 @@ std::tuple<at::Tensor, at::Tensor> policy_sample(const at::Tensor& obs, at::Tens
                                                  const std::optional<at::Generator>& generator) {
   check_policy_inputs(obs, actor, obs_mean, obs_var);
   const auto logits = mlp_forward(normalise(obs, obs_mean, obs_var, obs_clip), actor).output;
-  static const auto sample =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("pylander::sample_categorical", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&,
-                                                    const std::optional<at::Generator>&)>();
-  return sample.call(logits, generator);
+  return dispatch::sample_categorical(logits, generator);
 }
-
-using PgLoss = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
-    const std::optional<at::Tensor>&, double);
-using PgLossBackward = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                  const at::Tensor&, const at::Tensor&, c10::string_view,
-                                  const std::optional<at::Tensor>&, double);
 
 // Gradients of
 //   loss = scale * (sum_i pg_i - ent_coef * B * entropy + vf_coef * 0.5 * sum_i (v_i - R_i)^2)
@@ -115,20 +103,15 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> actor_c
       actions.dim() == 1 && actions.size(0) == B && actions.scalar_type() == at::kLong
           ? old_log_probs.gather(1, actions.clamp(0, logits.size(1) - 1).unsqueeze(1)).squeeze(1)
           : old_log_probs.select(1, 0);
-  static auto& dispatcher = c10::Dispatcher::singleton();
-  static const auto pg_loss =
-      dispatcher.findSchemaOrThrow("pylander::pg_loss", "").typed<PgLoss>();
-  static const auto pg_loss_backward =
-      dispatcher.findSchemaOrThrow("pylander::pg_loss_backward", "").typed<PgLossBackward>();
   const auto [policy_loss, entropy, clip_fraction] =
-      pg_loss.call(logits, actions, advantages, "sum", old_chosen, clip_coef);
+      dispatch::pg_loss(logits, actions, advantages, "sum", old_chosen, clip_coef);
   const auto grad_loss = at::scalar_tensor(scale, logits.options());
   const auto grad_entropy =
       at::scalar_tensor(-ent_coef * static_cast<double>(B) * scale, logits.options());
   auto actor_grads = mlp_backward(
       actor_out, actor,
-      pg_loss_backward.call(grad_loss, grad_entropy, logits, actions, advantages, "sum",
-                            old_chosen, clip_coef));
+      dispatch::pg_loss_backward(grad_loss, grad_entropy, logits, actions, advantages, "sum",
+                                 old_chosen, clip_coef));
   const auto new_log_probs = at::log_softmax(logits, 1);
   const auto kl = (old_log_probs.exp() * (old_log_probs - new_log_probs)).sum();
 

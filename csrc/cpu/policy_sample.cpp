@@ -5,7 +5,6 @@
 // (csrc/composite/actor_critic.cpp), which this computes up to rounding.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -16,6 +15,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../dispatch.h"
 #include "../mlp_checks.h"
 #include "fast_math.h"
 
@@ -109,12 +109,7 @@ std::tuple<at::Tensor, at::Tensor> policy_sample_cpu(
       for (int64_t j = 0; j < A; ++j) z[r * A + j] = input[j * rows + r];
     }
   });
-  static const auto sample =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("pylander::sample_categorical", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&,
-                                                    const std::optional<at::Generator>&)>();
-  return sample.call(logits, generator);
+  return dispatch::sample_categorical(logits, generator);
 }
 
 }  // namespace
