@@ -30,8 +30,10 @@ constexpr int64_t kOuts = 4;   // outputs per block: independent sums, so the FM
 // rows in vector registers (GCC vector extensions: one AVX-512 register, or two AVX2 ones), and
 // w is read as nn.Linear stores it.
 template <typename scalar_t, int64_t Outs>
-__attribute__((always_inline)) inline void linear_block(const scalar_t* xt, const scalar_t* w, const scalar_t* b, int64_t in,
-                         int64_t rows, int64_t o0, int64_t r0, scalar_t* yt) {
+__attribute__((always_inline)) inline void linear_block(const scalar_t* xt, const scalar_t* w,
+                                                       const scalar_t* b, int64_t in,
+                                                       int64_t rows, int64_t o0, int64_t r0,
+                                                       scalar_t* yt) {
   typedef scalar_t vec __attribute__((vector_size(64)));
   vec acc[Outs];
   for (int64_t k = 0; k < Outs; ++k) acc[k] = vec{} + b[o0 + k];
