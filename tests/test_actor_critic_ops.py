@@ -1,6 +1,7 @@
 """The MLP ops of ``--algo reinforce`` on every device: ``policy_sample`` against the policy's
 own forward pass and the native sampler, ``actor_critic_grads`` against autograd through the
-loss written in torch, opcheck, and bad input."""
+loss written in torch (``bench.mlp.loss_by_autograd``, also the benchmark's baseline), opcheck,
+and bad input."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch.library import opcheck
 
 import pylander  # noqa: F401  (loads the ops)
 from pylander import ops
+from pylander.bench.mlp import loss_by_autograd
 from pylander.policies import ActorCritic
 
 from conftest import tolerance
@@ -66,26 +68,6 @@ def test_policy_sample_clips_normalised_observations(device):
     torch.testing.assert_close(got, want, **tolerance(torch.float64))
 
 
-def reference_grads(net, obs, actions, advantages, old_log_probs, returns, clip, ent, vf, scale):
-    """The loss of ``ops.actor_critic_grads``, written in torch and differentiated by autograd."""
-    logits = net.actor(obs)
-    old_chosen = old_log_probs.gather(1, actions[:, None])[:, 0]
-    pg, entropy, clip_fraction = ops.clipped_pg_loss(
-        logits, actions, advantages, old_chosen, clip, "sum"
-    )
-    loss = pg - ent * len(obs) * entropy
-    value_loss = torch.zeros((), dtype=obs.dtype, device=obs.device)
-    if net.critic is not None:
-        value_loss = 0.5 * (net.critic(obs)[:, 0] - returns).pow(2).sum()
-        loss = loss + vf * value_loss
-    params = net.actor_parameters() + net.critic_parameters()
-    grads = torch.autograd.grad(loss * scale, params)
-    new = torch.log_softmax(logits, -1)
-    kl = (old_log_probs.exp() * (old_log_probs - new)).sum()
-    stats = torch.stack([pg, value_loss, entropy, clip_fraction, kl]).detach().double()
-    return list(grads), stats
-
-
 @pytest.mark.parametrize("hidden", SHAPES, ids=str)
 @pytest.mark.parametrize("critic", [True, False], ids=["critic", "no_critic"])
 @pytest.mark.parametrize("clip", [0.0, 0.2])
@@ -100,11 +82,12 @@ def test_actor_critic_grads_match_autograd(hidden, critic, clip, dtype, device):
     with torch.no_grad():  # an older policy: ratios spread around 1, some clipped
         noise = torch.randn(B, 4, generator=g, dtype=torch.float64).to(dtype).to(device)
         old_log_probs = torch.log_softmax(net.actor(obs) + 0.3 * noise, -1)
-    args = (actions, advantages, old_log_probs, returns, clip, 0.05, 0.5, 1 / 60)
+    batch = [obs, actions, advantages, old_log_probs, returns]
+    coefs = (clip, 0.05, 0.5, 1 / 60)  # clip_coef, ent_coef, vf_coef, scale
     actor_grads, critic_grads, stats = ops.actor_critic_grads(
-        obs, net.actor_parameters(), net.critic_parameters(), *args
+        obs, net.actor_parameters(), net.critic_parameters(), *batch[1:], *coefs
     )
-    want_grads, want_stats = reference_grads(net, obs, *args)
+    want_grads, want_stats = loss_by_autograd(net, batch, *coefs)
     assert len(actor_grads) == len(net.actor_parameters())
     assert len(critic_grads) == len(net.critic_parameters())
     for got, want in zip(actor_grads + critic_grads, want_grads):

@@ -35,17 +35,30 @@ def sample_in_torch(policy: ActorCritic, obs: Tensor, generator: torch.Generator
         return ops.sample_categorical(policy.logits(obs), generator)
 
 
-def grads_by_autograd(policy: ActorCritic, batch: list[Tensor], scale: float) -> list[Tensor]:
-    """The update's minibatch loss as torch modules and autograd computed it."""
+def loss_by_autograd(
+    policy: ActorCritic, batch: list[Tensor], clip: float, ent: float, vf: float, scale: float
+) -> tuple[list[Tensor], Tensor]:
+    """``ops.actor_critic_grads`` as the update computed it before: the loss from the torch
+    modules and ``ops.clipped_pg_loss``, the gradients by autograd; ``(grads, stats)``, the
+    gradients in ``actor_parameters() + critic_parameters()`` order. The tests use it as the
+    op's oracle too."""
     obs, actions, advantages, old_log_probs, returns = batch
+    logits = policy.actor(obs)
     old_chosen = old_log_probs.gather(1, actions[:, None])[:, 0]
-    pg, entropy, _ = ops.clipped_pg_loss(
-        policy.actor(obs), actions, advantages, old_chosen, CLIP, "sum"
+    pg, entropy, clip_fraction = ops.clipped_pg_loss(
+        logits, actions, advantages, old_chosen, clip, "sum"
     )
-    value_loss = 0.5 * (policy.critic(obs)[:, 0] - returns).pow(2).sum()
-    loss = (pg - ENT * len(obs) * entropy + VF * value_loss) * scale
+    loss = pg - ent * len(obs) * entropy
+    value_loss = torch.zeros((), dtype=obs.dtype, device=obs.device)
+    if policy.critic is not None:
+        value_loss = 0.5 * (policy.critic(obs)[:, 0] - returns).pow(2).sum()
+        loss = loss + vf * value_loss
     params = policy.actor_parameters() + policy.critic_parameters()
-    return list(torch.autograd.grad(loss, params))
+    grads = list(torch.autograd.grad(loss * scale, params))
+    with torch.no_grad():
+        kl = (old_log_probs.exp() * (old_log_probs - torch.log_softmax(logits, -1))).sum()
+    stats = torch.stack([pg, value_loss, entropy, clip_fraction, kl]).detach().double()
+    return grads, stats
 
 
 def grads_native(policy: ActorCritic, batch: list[Tensor], scale: float) -> list[Tensor]:
@@ -83,7 +96,8 @@ def mlp_candidates(rows_act: int = 16, rows_update: int = 256) -> dict[str, dict
     got = torch_act()
     assert torch.equal(want[0], got[0])
     batch, scale = minibatch(rows_update), 1.0 / rows_update
-    for a, b in zip(grads_native(policy, batch, scale), grads_by_autograd(policy, batch, scale)):
+    autograd = lambda: loss_by_autograd(policy, batch, CLIP, ENT, VF, scale)  # noqa: E731
+    for a, b in zip(grads_native(policy, batch, scale), autograd()[0]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     return {
         "policy_sample": {
@@ -94,6 +108,6 @@ def mlp_candidates(rows_act: int = 16, rows_update: int = 256) -> dict[str, dict
         "actor_critic_grads": {
             "size": f"B{rows_update}",
             "native": lambda: grads_native(policy, batch, scale),
-            "autograd": lambda: grads_by_autograd(policy, batch, scale),
+            "autograd": autograd,
         },
     }
