@@ -48,22 +48,10 @@ from pylander.logger import WALL_CLOCK
 from pylander.train import main as train_main
 from pylander.trainer import TrainingInterrupted, train
 
-# 64 env steps per update, a checkpoint every 4 updates (256 steps); a few seconds per run.
-FAST = [
-    "--env",
-    "CartPole-v1",
-    "--num-envs",
-    "4",
-    "--num-steps",
-    "16",
-    "--checkpoint-interval",
-    "4",
-    "--eval-episodes",
-    "2",
-    "--log-interval",
-    "1000",
-    "--quiet",
-]
+from conftest import CLI_FAST, SUBPROCESS_ENV
+
+# The CLI tests' fast run with a checkpoint every 4 updates (256 steps; the last flag wins).
+FAST = [*CLI_FAST, "--checkpoint-interval", "4"]
 FAST_CONFIG = dict(
     env_id="CartPole-v1",
     num_envs=4,
@@ -73,7 +61,6 @@ FAST_CONFIG = dict(
     log_interval=1000,
     quiet=True,
 )
-SUBPROCESS_ENV = {**os.environ, "PYLANDER_NO_TQDM": "1", "OMP_NUM_THREADS": "1"}
 
 
 # --- helpers ---------------------------------------------------------------------------------
