@@ -35,8 +35,16 @@ def child(updates: int, vector: str, warmup: int) -> dict:
 
     torch.set_num_threads(1)
     out = tempfile.mkdtemp(prefix="throughput-")
+    # No rollout workers (older versions have none): they would go on collecting while the
+    # env-only blocks run (the `overlap` section of `python -m pylander.bench` measures them).
+    no_workers = {"rollout_workers": 0} if hasattr(TrainConfig, "rollout_workers") else {}
     config = TrainConfig(
-        vector=vector, quiet=True, eval_episodes=1, out=out, checkpoint_interval=10_000
+        vector=vector,
+        **no_workers,
+        quiet=True,
+        eval_episodes=1,
+        out=out,
+        checkpoint_interval=10_000,
     )
     config.total_steps = updates * config.num_envs * config.num_steps
     envs = make_vector_env(config.env_id, config.num_envs, "sync")

@@ -12,6 +12,7 @@ import copy
 import functools
 import json
 import math
+import multiprocessing
 import numbers
 import os
 import re
@@ -86,6 +87,18 @@ class TrainConfig:
         "alongside the other half (the same run as sync); auto: split with a second core, else "
         "sync; async: one worker process each",
         runtime=True,
+    )
+    rollout_workers: int = _envs(
+        2,
+        "worker processes that step the envs, split among them, a rollout at a time (0: the "
+        "envs step in this process; notebook: 0; also 0 when --vector is not sync)",
+        per_algorithm=True,
+    )
+    collect_ahead: bool = _envs(
+        False,
+        "with rollout workers: collect the next rollout while this process updates on the last "
+        "(more overlap, but each rollout then comes from the policy one update old, which the "
+        "update corrects for as decoupled PPO does)",
     )
     env_backend: EnvBackend = _envs(
         "gymnasium",
@@ -176,6 +189,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self._check_types(allow_none=True)
         self.algo = canonical_name(self.algo)
+        if self.rollout_workers is None and self.vector != "sync":
+            self.rollout_workers = (
+                0  # --vector split/async: the envs step in (and for) this process
+            )
         own = ALGORITHMS[self.algo].defaults if self.algo in ALGORITHMS else {}
         for f in fields(self):
             if "default" in f.metadata and getattr(self, f.name) is None:
@@ -244,6 +261,28 @@ class TrainConfig:
                 raise ValueError(
                     f"{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}"
                 )
+        if self.rollout_workers:
+            if not 0 < self.rollout_workers <= self.num_envs:
+                raise ValueError(
+                    f"rollout_workers must be in [0, num_envs={self.num_envs}], "
+                    f"got {self.rollout_workers}"
+                )
+            if self.algo == "notebook":
+                raise ValueError(
+                    "rollout_workers needs --algo reinforce; the notebook updates every step"
+                )
+            if self.vector != "sync":
+                raise ValueError(
+                    "rollout workers step their envs in their own processes; they need "
+                    f"--vector sync, got {self.vector!r} (or use --rollout-workers 0)"
+                )
+            if "fork" not in multiprocessing.get_all_start_methods():
+                raise ValueError(
+                    "rollout_workers needs the fork start method (Linux or macOS); "
+                    "use --rollout-workers 0"
+                )
+        elif self.collect_ahead:
+            raise ValueError("collect_ahead needs rollout workers (--rollout-workers 1 or more)")
         if self.env_backend == "envpool":
             if self.algo == "notebook":
                 raise ValueError(

@@ -63,7 +63,8 @@ class _Shared:
         self.truncated = array((num_envs,), np.bool_)
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Make the kernel kill this (forked worker) process when its parent dies (Linux)."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -72,7 +73,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _worker(env_fns: list, shared: _Shared, conn, parent_conn, parent_pid: int) -> None:
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     parent_conn.close()  # else this process holds the pipe open and never sees the parent go
     # Ctrl-C or a SIGTERM sent to the whole process group is the parent's to handle (it saves a
     # checkpoint, then closes this env); this process ends with the parent.

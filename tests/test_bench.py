@@ -188,7 +188,7 @@ def test_interleave_hook_pairs_each_baseline_block_with_the_next_update():
 
 def test_ops_trainer_and_notebook_sections_give_the_documented_keys():
     results = bench.run_benchmarks(
-        tiny_settings(), ("ops", "trainer", "notebook"), log=lambda m: None
+        tiny_settings(), ("ops", "trainer", "workers", "notebook"), log=lambda m: None
     )
     expected = {
         "discounted_returns": ("T8_N3", ["python", "torch"]),
@@ -210,6 +210,10 @@ def test_ops_trainer_and_notebook_sections_give_the_documented_keys():
         "trainer.steps_per_s",
         "env_only.steps_per_s",
         "trainer.ratio_to_env",
+        "workers.steps_per_s",
+        "workers.ratio_to_env",
+        "workers_env_only.steps_per_s",
+        "collect_ahead.ratio_to_env",
         "seed_notebook.steps_per_s",
         "seed_algo.steps_per_s",
         "seed_algo.ratio_to_notebook",
@@ -226,6 +230,12 @@ def test_ops_trainer_and_notebook_sections_give_the_documented_keys():
     text = bench.format_report(results)
     assert "discounted_returns" in text and "trainer (default config, policy on cpu:" in text
     assert "--algo notebook:" in text
+    assert results["trainer"]["config"]["rollout_workers"] == 0
+    assert results["workers"]["config"]["rollout_workers"] == 2
+    assert results["collect_ahead"]["config"]["collect_ahead"] is True
+    assert "--rollout-workers 2 trainer (default config, policy on cpu: 2 sync envs" in text
+    assert "--rollout-workers 2 --collect-ahead trainer" in text
+    assert len(results["workers"]["env_only_before_after"]) == 2
     json.dumps(results)  # plain data throughout
 
 
@@ -289,4 +299,4 @@ def test_envpool_section_compares_with_gymnasium_env_only_stepping():
         trainer["steps_per_s"] / env_only["steps_per_s"]
     )
     assert "trainer on envpool vs gymnasium env-only stepping" in results["targets"]
-    assert "--env-backend envpool trainer" in bench.format_report(results)
+    assert "--env-backend envpool --rollout-workers 2 trainer" in bench.format_report(results)

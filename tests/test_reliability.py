@@ -241,10 +241,15 @@ def test_train_api_creates_its_run_directory(tmp_path):
 # --- exact resume ----------------------------------------------------------------------------
 
 
-def test_2n_steps_equal_n_steps_resumed_plus_n(tmp_path):
+@pytest.mark.parametrize(
+    "collection",
+    [["--rollout-workers", "0"], ["--rollout-workers", "2"], ["--collect-ahead"]],
+    ids=["no-workers", "workers", "collect-ahead"],
+)
+def test_2n_steps_equal_n_steps_resumed_plus_n(tmp_path, collection):
     # Learning-rate annealing depends on total_steps, so it is off; N = 512 steps is 8 updates,
     # a multiple of the checkpoint interval (4 updates).
-    args = [*FAST, "--no-anneal-lr", "--seed", "3"]
+    args = [*FAST, *collection, "--no-anneal-lr", "--seed", "3"]
     whole, halves = tmp_path / "whole", tmp_path / "halves"
     assert train_main([*args, "--total-steps", "1024", "--out", str(whole)]) == 0
     assert train_main([*args, "--total-steps", "512", "--out", str(halves)]) == 0

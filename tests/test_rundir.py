@@ -162,9 +162,12 @@ def test_claim_is_reentrant_for_its_thread_only(tmp_path):
 # --- resuming ---------------------------------------------------------------------------------
 
 
-def test_flags_given_with_resume_save_learning_settings_only(finished_run, tmp_path, capsys):
-    run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
+def test_flags_given_with_resume_save_learning_settings_only(tmp_path, capsys):
+    run = tmp_path / "run"  # without rollout workers, so that --vector async may be given
+    assert (
+        train_main([*FAST, "--rollout-workers", "0", "--total-steps", "128", "--out", str(run)])
+        == 0
+    )
     assert (
         train_main(
             [

@@ -1,8 +1,11 @@
 """The fast paths: ``--vector split`` (same run as ``sync``, worker dies with its parent), the
-default ``auto`` mode, and ``FusedAdamStep`` (``Adam.step()`` as its one kernel call)."""
+default ``auto`` mode, the rollout workers' pipelined collector (it acts with the policy it was
+started with, its rollouts are a sync collector's, its workers die with their parent), and
+``FusedAdamStep`` (``Adam.step()`` as its one kernel call)."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import os
 import signal
@@ -17,9 +20,14 @@ import pytest
 import torch
 
 from pylander import split_env
+from pylander.algorithms.reinforce import Reinforce
+from pylander.config import TrainConfig
+from pylander.distributed import Collective
 from pylander.envs import make_vector_env
 from pylander.logger import WALL_CLOCK
+from pylander.pipeline import PipelinedCollector
 from pylander.policies import ActorCritic
+from pylander.rollout import RolloutCollector
 from pylander.split_env import SplitVectorEnv, resolve_vector_mode
 from pylander.train import main as train_main
 
@@ -64,6 +72,8 @@ def test_split_vector_env_gives_the_same_run_as_sync(tmp_path):
                     "--quiet",
                     "--vector",
                     mode,
+                    "--rollout-workers",
+                    "0",
                     "--num-envs",
                     "4",
                     "--num-steps",
@@ -98,14 +108,32 @@ def test_split_env_reports_a_failing_worker():
         envs.close()
 
 
-def test_split_worker_dies_when_its_parent_is_killed(tmp_path):
-    script = textwrap.dedent("""
-        import sys, time
+WORKERS = {
+    "split": """
         import gymnasium as gym
         from pylander.split_env import SplitVectorEnv
-        envs = SplitVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(2)])
-        envs.reset(seed=0)
-        print(envs._process.pid, flush=True)
+        worker = SplitVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(2)])
+        pid = worker._process.pid
+    """,
+    "rollout": """
+        import torch
+        from pylander.envs import make_vector_env
+        from pylander.pipeline import PipelinedCollector
+        from pylander.policies import ActorCritic
+        policy = ActorCritic(4, 2, [8], critic=False)
+        make = lambda count: make_vector_env("CartPole-v1", count)
+        worker = PipelinedCollector(make, policy, 2, 8, torch.device("cpu"))
+        pid = worker._workers[0].process.pid
+    """,
+}
+
+
+@pytest.mark.parametrize("kind", WORKERS)
+def test_worker_process_dies_when_its_parent_is_killed(tmp_path, kind):
+    script = textwrap.dedent(WORKERS[kind]) + textwrap.dedent("""
+        import time
+        worker.reset(seed=0)
+        print(pid, flush=True)
         time.sleep(120)
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -119,7 +147,7 @@ def test_split_worker_dies_when_its_parent_is_killed(tmp_path):
         deadline = time.monotonic() + 30
         while _running(worker) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _running(worker), "the split env's worker outlived its parent"
+        assert not _running(worker), f"the {kind} worker outlived its parent"
     finally:
         parent.kill()
 
@@ -174,3 +202,140 @@ def test_fused_adam_step_is_adam_step_bit_for_bit():
     assert opts[0].state_dict()["state"][0]["step"] == opts[1].state_dict()["state"][0]["step"] == 6
     with pytest.raises(ValueError, match="amsgrad"):
         FusedAdamStep(torch.optim.Adam(nets[0].parameters(), amsgrad=True, fused=True))
+
+
+# --- --rollout-workers -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pipelined_rollout_is_the_sync_collectors_with_the_policy_it_started_with(workers):
+    T, N = 40, 3  # long enough for CartPole episodes to end inside the rollout
+    policy = ActorCritic(4, 2, [8], critic=True, normalize_obs=True)
+    policy.normalizer.merge(10.0, torch.full((4,), 0.1, dtype=torch.float64), torch.ones(4) * 2)
+    make = lambda count: make_vector_env("CartPole-v1", count)  # noqa: E731
+    collector = PipelinedCollector(make, policy, N, T, torch.device("cpu"), workers)
+    try:
+        collector.reset(seed=5)
+        collector.start(policy)
+        acting = copy.deepcopy(policy)
+        with torch.no_grad():  # the update that runs meanwhile moves the policy...
+            for param in policy.parameters():
+                param.add_(0.5)
+            policy.normalizer.mean.add_(1.0)
+        rollout = collector.collect(policy)
+        log_probs = collector.behaviour_log_probs(rollout)
+        finished = collector.pop_finished()
+        # ...but the rollout, and its log-probabilities, are the policy's at start().
+        obs = rollout.obs[:T].reshape(T * N, -1)
+        torch.testing.assert_close(log_probs, torch.log_softmax(acting.logits(obs), -1))
+        # Worker w steps envs [offset, offset + count) as a sync collector of those envs would,
+        # its generator seeded with seed + offset.
+        episodes = []
+        for offset, count in [(0, N)] if workers == 1 else [(0, 2), (2, 1)]:
+            envs = make(count)
+            generator = torch.Generator().manual_seed(5 + offset)
+            reference = RolloutCollector(envs, acting, T, generator, "cpu")
+            reference.reset(seed=5 + offset)
+            expected = reference.collect()
+            for name in ["obs", "actions", "rewards", "terminated", "truncated", "valid"]:
+                part = getattr(rollout, name)[:, offset : offset + count]
+                assert torch.equal(part, getattr(expected, name)), name
+            episodes += reference.pop_finished()
+            envs.close()
+        assert finished and finished == episodes
+        # With none in flight, collect() starts one itself: with the current policy, no lag.
+        second = collector.collect(policy)
+        log_probs = collector.behaviour_log_probs(second)
+        obs = second.obs[:T].reshape(T * N, -1)
+        torch.testing.assert_close(log_probs, torch.log_softmax(policy.logits(obs), -1))
+        # A reset discards the rollout in flight: the next starts from the reset's episodes.
+        collector.start(policy)
+        collector.reset(seed=9)
+        third = collector.collect(policy)
+        first_obs, _ = make(N).reset(seed=9)
+        np.testing.assert_array_equal(third.obs[0].numpy(), first_obs)
+    finally:
+        collector.close()
+    assert not any(worker.process.is_alive() for worker in collector._workers)
+
+
+def test_pipelined_collector_raises_the_workers_error():
+    def no_envs(count):
+        raise ValueError("no envs for this test")
+
+    policy = ActorCritic(4, 2, [8], critic=False)
+    collector = PipelinedCollector(no_envs, policy, 2, 4, "cpu", workers=2)
+    try:
+        with pytest.raises(ValueError, match="no envs for this test"):
+            collector.reset(seed=0)
+    finally:
+        collector.close()
+
+
+def test_rollout_workers_repeat_exactly_and_collect_ahead_lags_from_the_second_update(tmp_path):
+    args = ["--env", "CartPole-v1", "--quiet", "--num-envs", "4", "--num-steps", "64"]
+    args += ["--total-steps", "2048", "--eval-episodes", "2", "--checkpoint-interval", "5"]
+    args += ["--rollout-workers", "2"]
+    runs = {}
+    for name, flags in [("a", []), ("b", []), ("ahead", ["--collect-ahead"])]:
+        out = tmp_path / name
+        assert train_main([*args, *flags, "--out", str(out)]) == 0
+        runs[name] = metrics_without_clock(out / "metrics.csv")
+    assert len(runs["a"]) == 8 and runs["a"] == runs["b"]
+    # The first update's rollout is the same, collected without lag (a behaviour weight of 1
+    # but for the observation statistics' update); the later ones were collected during the
+    # update before theirs, by the older policy.
+    ahead, plain = runs["ahead"], runs["a"]
+    assert [ahead[0][k] for k in ("episodes", "mean_return")] == [
+        plain[0][k] for k in ("episodes", "mean_return")
+    ]
+    assert abs(float(ahead[0]["behaviour_weight"]) - 1) < 1e-2
+    assert all(float(row["behaviour_weight"]) < 1 for row in ahead)
+    assert [row["mean_return"] for row in ahead[1:]] != [row["mean_return"] for row in plain[1:]]
+
+
+def test_lagged_update_weights_advantages_by_the_truncated_behaviour_ratio():
+    start = torch.log(torch.tensor([[0.5, 0.5], [0.2, 0.8], [0.9, 0.1]]))
+    behaviour = torch.log(torch.tensor([[0.25, 0.75], [0.4, 0.6], [0.9, 0.1]]))
+    weights = Reinforce._behaviour_weights(start, behaviour, torch.tensor([0, 0, 1]))
+    torch.testing.assert_close(weights, torch.tensor([1.0, 0.5, 1.0]))  # 2 truncated to 1
+
+
+def test_lagged_update_with_an_unlagged_behaviour_is_the_plain_update():
+    config = TrainConfig(env_id="CartPole-v1", num_envs=4, num_steps=32, rollout_workers=0)
+    runs = []
+    for lagged in [False, True]:
+        torch.manual_seed(0)
+        algo = Reinforce.build(config, torch.device("cpu"), Collective(torch.device("cpu")))
+        algo.reset_envs(3)
+        rollout = algo.collector.collect()
+        behaviour = None
+        if lagged:  # the behaviour policy is the current one: every weight is 1
+            with torch.no_grad():
+                behaviour = torch.log_softmax(algo.policy(rollout.obs[:-1].flatten(0, 1)), -1)
+        metrics = algo.update(rollout, behaviour)
+        runs.append(({k: v.clone() for k, v in algo.policy.state_dict().items()}, metrics))
+        algo.close()
+    (plain, plain_metrics), (lagged, lagged_metrics) = runs
+    assert all(torch.equal(plain[k], lagged[k]) for k in plain)
+    assert lagged_metrics.pop("behaviour_weight") == 1.0 and lagged_metrics == plain_metrics
+
+
+def test_rollout_workers_end_with_an_interpreter_that_never_closed_them():
+    script = textwrap.dedent("""
+        import torch
+        from pylander.envs import make_vector_env
+        from pylander.pipeline import PipelinedCollector
+        from pylander.policies import ActorCritic
+        make = lambda count: make_vector_env("CartPole-v1", count)
+        collector = PipelinedCollector(make, ActorCritic(4, 2, [8], False), 2, 8, "cpu", 2)
+        collector.reset(seed=0)
+        print(*(worker.process.pid for worker in collector._workers), flush=True)
+        raise SystemExit(3)  # no close()
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 3, done.stderr
+    assert not any(_running(int(pid)) for pid in done.stdout.split())

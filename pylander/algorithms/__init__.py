@@ -88,7 +88,7 @@ REGISTRY: dict[str, Entry] = {
     # The notebook's constants (its lr 1e-3 is fixed inside its PolicyNetwork).
     "notebook": Entry(
         "pylander.algorithms.notebook:NotebookReinforce",
-        {"gamma": 0.99, "alpha": 0.01, "num_envs": 1},
+        {"gamma": 0.99, "alpha": 0.01, "num_envs": 1, "rollout_workers": 0},
         single_process=True,
     ),
 }

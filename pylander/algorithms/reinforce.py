@@ -3,7 +3,9 @@
 Each iteration:
 
 1. collect ``num_steps`` steps from ``num_envs`` envs, one native ``policy_sample`` call per
-   step (``rollout.py``);
+   step (``rollout.py``), by default in ``rollout_workers`` worker processes that each step a
+   share of the envs (``pipeline.py``; with ``collect_ahead`` they collect the next rollout
+   during this update);
 2. compute advantages with the native scans:
    * ``baseline="value"``: a learned critic and GAE(lambda). A truncated (time-limit) episode's
      tail is bootstrapped with ``gamma * V(final observation)``, never treated as terminal;
@@ -23,6 +25,7 @@ Each iteration:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import gymnasium as gym
 import torch
@@ -34,6 +37,7 @@ from pylander.algorithms.fused_adam import FusedAdamStep
 from pylander.config import TrainConfig
 from pylander.distributed import Collective
 from pylander.envs import check_spaces, make_vector_env
+from pylander.pipeline import PipelinedCollector
 from pylander.policies import ActorCritic
 from pylander.rollout import Rollout, RolloutCollector
 
@@ -44,13 +48,13 @@ class Reinforce:
     def __init__(
         self,
         config: TrainConfig,
-        envs: gym.vector.VectorEnv,
+        envs: gym.vector.VectorEnv | Callable[[int], gym.vector.VectorEnv],
         obs_size: int,
         num_actions: int,
         device: torch.device,
         comm: Collective | None = None,
     ):
-        self.config, self.device, self.envs = config, device, envs
+        self.config, self.device = config, device
         self.comm = comm or Collective(device)
         self.policy = ActorCritic(
             obs_size,
@@ -74,18 +78,39 @@ class Reinforce:
         )
         self.shuffle_generator = torch.Generator().manual_seed(config.seed + 1)
         self.comm.broadcast_parameters(self.policy)
-        self.collector = RolloutCollector(
-            envs, self.policy, config.num_steps, self.sample_generator, device
-        )
+        # envs, or (rollout workers, the default) what makes each worker process's share of them.
+        self.pipelined = not isinstance(envs, gym.vector.VectorEnv)
+        if self.pipelined:
+            self.envs = None
+            self.collector = PipelinedCollector(
+                envs,
+                self.policy,
+                config.num_envs,
+                config.num_steps,
+                device,
+                workers=config.rollout_workers,
+            )
+        else:
+            self.envs = envs
+            self.collector = RolloutCollector(
+                envs, self.policy, config.num_steps, self.sample_generator, device
+            )
         self.updates = 0
 
     @classmethod
     def build(cls, config: TrainConfig, device: torch.device, comm: Collective) -> Reinforce:
-        envs = make_vector_env(
-            config.env_id, config.num_envs, config.vector, config.env_kwargs, config.env_backend
-        )
+        def make_envs(count: int) -> gym.vector.VectorEnv:
+            return make_vector_env(
+                config.env_id, count, config.vector, config.env_kwargs, config.env_backend
+            )
+
+        envs = make_envs(config.num_envs)
         try:
-            return cls(config, envs, *check_spaces(envs, config.env_id), device, comm)
+            spaces = check_spaces(envs, config.env_id)
+            if config.rollout_workers:  # the worker processes make their own
+                envs.close()
+                return cls(config, make_envs, *spaces, device, comm)
+            return cls(config, envs, *spaces, device, comm)
         except BaseException:
             envs.close()
             raise
@@ -109,10 +134,21 @@ class Reinforce:
         if self.config.anneal_lr:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.config.learning_rate * max(1.0 - progress, 0.0)
-        rollout = self.collector.collect()
+        behaviour_log_probs = None
+        if self.pipelined:
+            rollout = self.collector.collect(self.policy)
+            if self.config.collect_ahead:  # read before start() replaces the acting snapshot
+                behaviour_log_probs = self.collector.behaviour_log_probs(rollout)
+        else:
+            rollout = self.collector.collect()
         if self.policy.normalizer is not None:
             self.update_obs_statistics(rollout.obs[:-1])
-        metrics = self.update(rollout)
+        # --collect-ahead: the workers collect the next rollout during this update, except where
+        # the trainer will restart the episodes after it (every checkpoint), which would discard it.
+        resets = (self.updates + 1) % self.config.checkpoint_interval == 0
+        if self.pipelined and self.config.collect_ahead and not resets:
+            self.collector.start(self.policy)
+        metrics = self.update(rollout, behaviour_log_probs)
         self.updates += 1
         return Iteration(rollout.num_steps, self.collector.pop_finished(), metrics)
 
@@ -143,9 +179,19 @@ class Reinforce:
             baseline = mean if count else 0.0
         return returns - baseline, returns, mask
 
-    def update(self, rollout: Rollout) -> dict[str, float]:
+    def update(
+        self, rollout: Rollout, behaviour_log_probs: Tensor | None = None
+    ) -> dict[str, float]:
         """``epochs`` passes of ``minibatches`` Adam steps over the rollout, ended early once the
         policy has moved ``target_kl`` away from the one that collected it.
+
+        ``behaviour_log_probs`` (``[T * N, A]``): the log-probabilities of the policy that
+        collected the rollout, when that was not the current one (``--collect-ahead``). The update is
+        then decoupled PPO (Hilton et al., 2021, "Batch size-invariance for policy
+        optimization"): the ratio, its clipping and the KL stop are taken against the policy at
+        the start of the update, exactly as without lag, and each advantage is weighted by
+        ``pi_start(a|s) / pi_behaviour(a|s)``, truncated at 1 as IMPALA's V-trace does, which
+        corrects for the data coming from the older policy.
 
         Losses are sums divided by the *global* sample count and gradients are summed over
         ranks (:class:`Collective`), so N ranks with E envs each make the update one process
@@ -168,6 +214,10 @@ class Reinforce:
         with torch.no_grad():  # the normaliser's statistics are fixed for the whole update
             inputs = self.policy.normalize(obs)
             old_log_probs = torch.log_softmax(self.policy.actor(inputs), -1)
+            weights = None
+            if behaviour_log_probs is not None:
+                weights = self._behaviour_weights(old_log_probs, behaviour_log_probs, actions)
+                advantages = advantages * weights
         samples = self._gather(batches, inputs, actions, advantages, old_log_probs, returns)
 
         actor, critic = self.policy.actor_parameters(), self.policy.critic_parameters()
@@ -210,6 +260,8 @@ class Reinforce:
             "clip_fraction": clip_fraction,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
         }
+        if weights is not None:  # how far the acting policy lagged: 1 is not at all
+            metrics["behaviour_weight"] = comm.moments(weights[index])[1]
         if self.policy.critic is not None:
             metrics["value_loss"] = value_loss
             metrics["explained_variance"] = self._explained_variance(values[index], returns[index])
@@ -231,6 +283,13 @@ class Reinforce:
         )
         totals = (per_step * rows.to(per_step.device) / sizes.to(per_step.device)[:, None]).sum(0)
         return (self.comm.sum(totals) / len(taken)).tolist()
+
+    @staticmethod
+    def _behaviour_weights(start: Tensor, behaviour: Tensor, actions: Tensor) -> Tensor:
+        """``min(1, pi_start(a|s) / pi_behaviour(a|s))`` of each step's action (see ``update``)."""
+        taken = actions.unsqueeze(1)
+        log_ratio = start.gather(1, taken) - behaviour.gather(1, taken)
+        return log_ratio.squeeze(1).exp().clamp(max=1.0)
 
     @staticmethod
     def _gather(batches: list[tuple[Tensor, float]], *tensors: Tensor) -> list[tuple]:
@@ -287,7 +346,7 @@ class Reinforce:
         """Fresh episodes from ``seed`` (the trainer derives it from the run's seed, the update and
         the rank). With several ranks the sampling stream restarts from it too, so a checkpoint
         (written by rank 0) needs no other rank's generator state to resume exactly."""
-        self.collector.reset(seed)
+        self.collector.reset(seed)  # rollout workers reseed their own sampling generators
         if self.comm.world_size > 1:
             self.sample_generator.manual_seed(seed)
 
@@ -311,4 +370,7 @@ class Reinforce:
         self.updates = int(state["updates"])
 
     def close(self) -> None:
-        self.envs.close()
+        if self.pipelined:
+            self.collector.close()
+        else:
+            self.envs.close()

@@ -40,6 +40,8 @@ def train_subprocess(procs: int, steps: int, out: Path, timeout_s: float) -> flo
         "pylander.train",
         "--procs",
         str(procs),
+        "--rollout-workers",  # ranks, not worker processes, are what this section compares
+        "0",
         "--total-steps",
         str(steps),
         "--quiet",

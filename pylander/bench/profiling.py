@@ -62,8 +62,9 @@ def breakdown(stats: pstats.Stats, algorithm, updates: int) -> tuple[dict, dict]
 
 
 def bench_profile(settings: Settings, workdir: Path, log: Log, top: int = 12) -> dict:
-    """Profile ``iterate`` of the configured algorithm (the default trainer's) after warm-up."""
-    config = TrainConfig(**{"quiet": True, **settings.trainer_overrides})
+    """Profile ``iterate`` of the configured algorithm (the default trainer's, with its envs in
+    this process so that their stepping shows in the profile) after warm-up."""
+    config = TrainConfig(**{"quiet": True, "rollout_workers": 0, **settings.trainer_overrides})
     device = resolve_device(config.device)
     algorithm = get_algorithm(config.algo).build(config, device, Collective(device))
     updates = max(settings.profile_updates, 1)

@@ -16,6 +16,7 @@ TARGETS = {
     ),
     "pg_loss fwd+bwd[B=1024,A=4] vs autograd": ("ops.pg_loss.B1024_A4.speedup_vs_autograd", 1.5),
     "trainer vs env-only stepping": ("trainer.ratio_to_env", 0.85),
+    "trainer with rollout workers vs one-core env-only stepping": ("workers.ratio_to_env", 1.5),
     "trainer on envpool vs gymnasium env-only stepping": ("envpool.ratio_to_env", 2.0),
     "--algo notebook vs the notebook's own loop": ("seed_algo.ratio_to_notebook", 4.0),
 }
@@ -138,9 +139,18 @@ def format_report(results: dict) -> str:
     lines += _op_tables(results.get("ops", {}))
     if "trainer" in results:
         lines += ["", _trainer_line(results["trainer"], results["env_only"])]
+    for name, flags in [("workers", ""), ("collect_ahead", " --collect-ahead")]:
+        if name in results:
+            workers = results[name]["config"]["rollout_workers"]
+            lines.append(
+                f"--rollout-workers {workers}{flags} "
+                + _trainer_line(results[name], results[f"{name}_env_only"])
+                + " (env only measured before and after, not interleaved)"
+            )
     if "envpool" in results:
+        workers = results["envpool"]["config"]["rollout_workers"]
         lines.append(
-            "--env-backend envpool "
+            f"--env-backend envpool --rollout-workers {workers} "
             + _trainer_line(results["envpool"], results["envpool_env_only"])
         )
     if "seed_notebook" in results:

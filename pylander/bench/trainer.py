@@ -104,10 +104,10 @@ def train_interleaved(
 
 
 def bench_trainer(settings: Settings, workdir: Path, log: Log) -> dict:
-    """The default trainer against stepping the same envs (gymnasium, in this process) with random
-    actions, no learner: one block of ``num_envs x num_steps`` env steps between every two
-    updates."""
-    trainer, env_only = versus_env_only(settings, workdir / "trainer", log)
+    """The default trainer with its envs in this process (no rollout workers) against stepping
+    the same envs (gymnasium, in this process) with random actions, no learner: one block of
+    ``num_envs x num_steps`` env steps between every two updates."""
+    trainer, env_only = versus_env_only(settings, workdir / "trainer", log, rollout_workers=0)
     return {"trainer": trainer, "env_only": env_only}
 
 
@@ -121,14 +121,34 @@ def bench_envpool(settings: Settings, workdir: Path, log: Log) -> dict:
     return {"envpool": trainer, "envpool_env_only": env_only}
 
 
+def bench_workers(settings: Settings, workdir: Path, log: Log) -> dict:
+    """The default trainer (2 rollout workers stepping the envs on other cores), and the same
+    with ``--collect-ahead``, against the same one-core gymnasium env-only stepping as
+    :func:`bench_trainer`.
+
+    Not interleaved: during a baseline block the workers would go on collecting, and the
+    trainer's time would shrink by what they did meanwhile. The env-only rate is measured in
+    blocks just before and just after each training run instead.
+    """
+    results = {}
+    for name, overrides in [("workers", {}), ("collect_ahead", {"collect_ahead": True})]:
+        config = {"rollout_workers": 2, **overrides}
+        trainer, env_only = versus_env_only(settings, workdir / name, log, **config)
+        results.update({name: trainer, f"{name}_env_only": env_only})
+    return results
+
+
 def versus_env_only(
     settings: Settings, out: Path, log: Log, **overrides: object
 ) -> tuple[dict, dict]:
-    """The trainer (the settings' config with ``overrides``) interleaved with gymnasium env-only
-    stepping of the same env ids: (trainer entry, env-only entry) of the results."""
+    """The trainer (the settings' config with ``overrides``) against gymnasium env-only stepping
+    of the same env ids, interleaved update by update, or with rollout workers (which would go
+    on collecting during a baseline block) half the blocks before training and half after:
+    (trainer entry, env-only entry) of the results."""
     config = TrainConfig(
         **{"quiet": True, "eval_episodes": 1, **settings.trainer_overrides, **overrides}
     )
+    interleave = config.rollout_workers == 0
     config.total_steps = settings.trainer_updates * config.num_envs * config.num_steps
     envs = make_vector_env(config.env_id, config.num_envs)
     envs.reset(seed=config.seed + 1)
@@ -143,18 +163,28 @@ def versus_env_only(
             envs.step(row)
         return actions.size
 
-    window, trainer_rate, env_rate = train_interleaved(config, out, env_only, envs.close)
-    per_update = [
-        (t.baseline_s / t.baseline_steps) / (t.trainer_s / t.trainer_steps) for t in window
-    ]
+    if interleave:
+        window, trainer_rate, env_rate = train_interleaved(config, out, env_only, envs.close)
+        per_update = [
+            (t.baseline_s / t.baseline_steps) / (t.trainer_s / t.trainer_steps) for t in window
+        ]
+        pairing = {"ratio_to_env_median_update": statistics.median(per_update)}
+    else:
+        count = max(settings.trainer_updates // 2, 1)
+        before = _timed_blocks(env_only, count)
+        window, trainer_rate, _ = train_interleaved(config, out, lambda: 0, lambda: None)
+        after = _timed_blocks(env_only, count)
+        envs.close()
+        env_rate = (before[0] + after[0]) / (before[1] + after[1])
+        pairing = {"env_only_before_after": [before[0] / before[1], after[0] / after[1]]}
     log(
         f"  trainer {trainer_rate:,.0f} steps/s, env only {env_rate:,.0f} steps/s over "
-        f"{len(window)} interleaved updates"
+        f"{len(window)} {'interleaved ' if interleave else ''}updates"
     )
     trainer = {
         "steps_per_s": trainer_rate,
         "ratio_to_env": trainer_rate / env_rate,
-        "ratio_to_env_median_update": statistics.median(per_update),
+        **pairing,
         "updates": len(window),
         "config": {
             k: v
@@ -163,3 +193,11 @@ def versus_env_only(
         },
     }
     return trainer, {"steps_per_s": env_rate, "actions": "uniform random", "backend": "gymnasium"}
+
+
+def _timed_blocks(block: Callable[[], int], count: int) -> tuple[int, float]:
+    """Run ``block`` ``count`` times: (its env steps, seconds)."""
+    started, steps = time.perf_counter(), 0
+    for _ in range(count):
+        steps += block()
+    return steps, time.perf_counter() - started
