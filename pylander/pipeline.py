@@ -161,6 +161,11 @@ class PipelinedCollector:
     ):
         if not 1 <= workers <= num_envs:
             raise ValueError(f"rollout workers must be in [1, num_envs={num_envs}], got {workers}")
+        if mp.current_process().daemon:
+            raise ValueError(
+                "rollout workers cannot be started from a daemonic process (multiprocessing "
+                "forbids it, as in a multiprocessing.Pool); use --rollout-workers 0 there"
+            )
         self.device = device
         # The acting policy: the actor and the observation statistics, without the critic.
         self.behaviour = copy.deepcopy(policy).cpu()

@@ -81,7 +81,7 @@ def start_ranks(target, world_size=2, *, env=None, init=True):
     procs = [
         ctx.Process(
             target=_rank_main,
-            daemon=True,
+            daemon=False,  # a daemonic rank could not start rollout workers; reap() ends them
             args=(target, rank, world_size, port, results, env or {}, init),
         )
         for rank in range(world_size)

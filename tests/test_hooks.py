@@ -108,11 +108,12 @@ def test_periodic_evaluation_chooses_best_pt_and_the_result_is_scored_fresh(tmp_
 
     def watch(info: UpdateInfo):
         if "eval_mean_return" in info.metrics:
-            evals.append((info.steps, info.metrics["eval_mean_return"]))
-            if info.metrics["eval_mean_return"] == max(v for _, v in evals):
+            value = info.metrics["eval_mean_return"]
+            if all(value > v for _, v in evals):  # a tie keeps the earlier policy
                 best_seen.append(
                     {k: v.clone() for k, v in info.run.algorithm.policy.state_dict().items()}
                 )
+            evals.append((info.steps, value))
 
     summary = train(config, callbacks=[watch])
     assert [s for s, _ in evals] == [1024, 2048, 3072, 4096]

@@ -570,7 +570,7 @@ def test_checkpoint_from_another_env_or_network_is_refused(finished_run, tmp_pat
         (["--env", "Acrobot-v1"], "trained on CartPole-v1, not Acrobot-v1"),
         (["--hidden-sizes", "32"], "holds a different network"),
         (["--baseline", "none"], "critic True in the checkpoint, False here"),
-        (["--algo", "notebook"], "holds a different network"),
+        (["--algo", "notebook", "--rollout-workers", "0"], "holds a different network"),
     ]:
         assert train_main(["--resume", str(run), *MORE_STEPS, *flags]) == 1, flags
         err = capsys.readouterr().err
@@ -706,8 +706,8 @@ def test_non_finite_parameters_are_caught_by_the_update_that_made_them(tmp_path,
 
     real_update = Reinforce.update
 
-    def poisoning_update(self, rollout):
-        stats = real_update(self, rollout)
+    def poisoning_update(self, rollout, *behaviour):
+        stats = real_update(self, rollout, *behaviour)
         if self.updates + 1 == 3:
             with torch.no_grad():
                 next(self.policy.parameters())[0, 0] = float("nan")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -339,3 +340,22 @@ def test_rollout_workers_end_with_an_interpreter_that_never_closed_them():
     )
     assert done.returncode == 3, done.stderr
     assert not any(_running(int(pid)) for pid in done.stdout.split())
+
+
+def _start_collector(answers) -> None:
+    try:
+        PipelinedCollector(lambda n: None, ActorCritic(4, 2, [8], critic=False), 2, 4, "cpu")
+        answers.put("started")
+    except ValueError as exc:
+        answers.put(str(exc))
+
+
+def test_rollout_workers_refuse_a_daemonic_parent_with_a_clear_error():
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    daemon = context.Process(target=_start_collector, args=(answers,), daemon=True)
+    daemon.start()
+    answer = answers.get(timeout=60)
+    daemon.join(timeout=10)
+    assert "cannot be started from a daemonic process" in answer
+    assert "--rollout-workers 0" in answer

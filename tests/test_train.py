@@ -260,6 +260,8 @@ def test_async_vector_env_gives_the_same_run_as_sync(tmp_path):
                     *CARTPOLE,
                     "--vector",
                     mode,
+                    "--rollout-workers",
+                    "0",
                     "--num-envs",
                     "2",
                     "--num-steps",
