@@ -21,6 +21,7 @@ import os
 import pickle
 import signal
 import sys
+import weakref
 
 import gymnasium as gym
 import numpy as np
@@ -136,6 +137,9 @@ class SplitVectorEnv(gym.vector.VectorEnv):
         )
         self._process.start()
         child_conn.close()
+        # Also at interpreter exit if close() was never called: the worker ignores SIGTERM, so
+        # multiprocessing's own exit handler could not end it.
+        self._finalizer = weakref.finalize(self, _stop_worker, self._conn, self._process)
 
     def _wait(self) -> None:
         try:
@@ -171,11 +175,15 @@ class SplitVectorEnv(gym.vector.VectorEnv):
         )
 
     def close_extras(self, **kwargs) -> None:
-        with contextlib.suppress(OSError):  # the worker has gone already
-            self._conn.send_bytes(_CLOSE)
-        self._process.join(timeout=5)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-        self._conn.close()
+        self._finalizer()
         self.local.close()
+
+
+def _stop_worker(conn, process) -> None:
+    with contextlib.suppress(OSError):  # the worker has gone already
+        conn.send_bytes(_CLOSE)
+    process.join(timeout=5)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    conn.close()

@@ -322,16 +322,11 @@ def test_lagged_update_with_an_unlagged_behaviour_is_the_plain_update():
     assert lagged_metrics.pop("behaviour_weight") == 1.0 and lagged_metrics == plain_metrics
 
 
-def test_rollout_workers_end_with_an_interpreter_that_never_closed_them():
-    script = textwrap.dedent("""
-        import torch
-        from pylander.envs import make_vector_env
-        from pylander.pipeline import PipelinedCollector
-        from pylander.policies import ActorCritic
-        make = lambda count: make_vector_env("CartPole-v1", count)
-        collector = PipelinedCollector(make, ActorCritic(4, 2, [8], False), 2, 8, "cpu", 2)
-        collector.reset(seed=0)
-        print(*(worker.process.pid for worker in collector._workers), flush=True)
+@pytest.mark.parametrize("kind", WORKERS)
+def test_worker_process_ends_with_an_interpreter_that_never_closed_it(kind):
+    script = textwrap.dedent(WORKERS[kind]) + textwrap.dedent("""
+        worker.reset(seed=0)
+        print(pid, flush=True)
         raise SystemExit(3)  # no close()
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -339,7 +334,7 @@ def test_rollout_workers_end_with_an_interpreter_that_never_closed_them():
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
     )
     assert done.returncode == 3, done.stderr
-    assert not any(_running(int(pid)) for pid in done.stdout.split())
+    assert not _running(int(done.stdout))
 
 
 def _start_collector(answers) -> None:
