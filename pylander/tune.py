@@ -229,16 +229,22 @@ def main(argv: list[str] | None = None) -> int:
         import optuna  # noqa: F401  (only to fail early and clearly)
     except ImportError:
         parser.error("optuna is not installed: pip install 'pylander[tune]'")
+    search.out.mkdir(parents=True, exist_ok=True)
+    # Locked until the search ends, and closed then explicitly: a traceback kept somewhere
+    # (by optuna, say) can keep this frame, and so a plain local file, alive after return.
+    with open(search.out / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            parser.error(f"--out {search.out}: another search is running there")
+        return _run_search(search, args, parser)
+
+
+def _run_search(search: Search, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from optuna.trial import TrialState
 
     from pylander.trainer import TrainingInterrupted
 
-    search.out.mkdir(parents=True, exist_ok=True)
-    lock = open(search.out / ".lock", "w")  # noqa: SIM115  (held, and locked, until the search ends)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        parser.error(f"--out {search.out}: another search is running there")
     study = prepare_study(search, parser)
     finished = len(
         study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
