@@ -36,7 +36,7 @@ def child(updates: int, vector: str, warmup: int) -> dict:
     torch.set_num_threads(1)
     out = tempfile.mkdtemp(prefix="throughput-")
     # No rollout workers (older versions have none): they would go on collecting while the
-    # env-only blocks run (the `overlap` section of `python -m pylander.bench` measures them).
+    # env-only blocks run (the `workers` section of `python -m pylander.bench` measures them).
     no_workers = {"rollout_workers": 0} if hasattr(TrainConfig, "rollout_workers") else {}
     config = TrainConfig(
         vector=vector,

@@ -190,9 +190,8 @@ class TrainConfig:
         self._check_types(allow_none=True)
         self.algo = canonical_name(self.algo)
         if self.rollout_workers is None and self.vector != "sync":
-            self.rollout_workers = (
-                0  # --vector split/async: the envs step in (and for) this process
-            )
+            # --vector split/async: the envs step in (and for) this process.
+            self.rollout_workers = 0
         own = ALGORITHMS[self.algo].defaults if self.algo in ALGORITHMS else {}
         for f in fields(self):
             if "default" in f.metadata and getattr(self, f.name) is None:

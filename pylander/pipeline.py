@@ -39,7 +39,7 @@ from torch import Tensor
 
 from pylander.policies import ActorCritic
 from pylander.rollout import Rollout, RolloutCollector
-from pylander.split_env import die_with_parent
+from pylander.split_env import die_with_parent, stop_worker
 
 _CONTEXT = mp.get_context("fork")
 
@@ -122,13 +122,7 @@ class _Worker:
         return payload
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):  # the worker has gone already
-            self.conn.send(("close", None))
-        self.process.join(timeout=5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        self.conn.close()
+        stop_worker(self.process, self.conn, lambda: self.conn.send(("close", None)))
 
     def _died(self) -> BaseException:
         """The error the worker reported before it ended, else one saying that it died."""

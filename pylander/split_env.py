@@ -180,8 +180,14 @@ class SplitVectorEnv(gym.vector.VectorEnv):
 
 
 def _stop_worker(conn, process) -> None:
+    stop_worker(process, conn, lambda: conn.send_bytes(_CLOSE))
+
+
+def stop_worker(process, conn, goodbye) -> None:
+    """Ask a worker process to exit (``goodbye()`` sends it the message), give it 5 s, then kill
+    it; close the parent's end of its pipe."""
     with contextlib.suppress(OSError):  # the worker has gone already
-        conn.send_bytes(_CLOSE)
+        goodbye()
     process.join(timeout=5)
     if process.is_alive():
         process.kill()

@@ -104,13 +104,16 @@ class Reinforce:
                 config.env_id, count, config.vector, config.env_kwargs, config.env_backend
             )
 
+        if config.rollout_workers:  # the worker processes make their own; one tells the spaces
+            probe = make_envs(1)
+            try:
+                spaces = check_spaces(probe, config.env_id)
+            finally:
+                probe.close()
+            return cls(config, make_envs, *spaces, device, comm)
         envs = make_envs(config.num_envs)
         try:
-            spaces = check_spaces(envs, config.env_id)
-            if config.rollout_workers:  # the worker processes make their own
-                envs.close()
-                return cls(config, make_envs, *spaces, device, comm)
-            return cls(config, envs, *spaces, device, comm)
+            return cls(config, envs, *check_spaces(envs, config.env_id), device, comm)
         except BaseException:
             envs.close()
             raise
