@@ -22,7 +22,8 @@ from torch import Tensor
 
 from pylander import ops
 from pylander.checkpoint import CheckpointError, load_checkpoint
-from pylander.envs import check_spaces, make_env, make_vector_env, resolve_env_id
+from pylander.envs import check_spaces, make_env, resolve_env_id
+from pylander.forked import map_forked, usable_cores
 
 LogitsFn = Callable[[Tensor], Tensor]
 CPU = torch.device("cpu")
@@ -30,7 +31,6 @@ EVAL_SEED_OFFSET = 1_000_003
 """Evaluation seeds are ``seed + EVAL_SEED_OFFSET``, so they never repeat training's."""
 
 
-@torch.no_grad()
 def evaluate(
     logits_fn: LogitsFn,
     env_id: str,
@@ -41,36 +41,83 @@ def evaluate(
     num_envs: int = 16,
     device: torch.device = CPU,
     env_kwargs: dict[str, Any] | None = None,
+    processes: int | None = None,
 ) -> np.ndarray:
     """Play ``episodes`` episodes of ``env_id`` (made with ``env_kwargs``); greedy (argmax)
-    actions unless ``stochastic``. Returns their returns."""
+    actions unless ``stochastic``. Returns their returns.
+
+    The episodes, and the order of the returns, are those of a ``num_envs`` gymnasium vector env
+    reset with ``seed + EVAL_SEED_OFFSET`` and run until each env has played its share. But
+    only envs with episodes left are stepped (in a vector env the others would go on playing
+    episodes nobody counts, and one lander hovering to the time limit would keep all of them
+    busy), and the envs are split among ``processes`` forked processes (default: one per usable
+    core, on the CPU). Env ``i`` samples from its own generator, so the returns do not depend on
+    the number of processes, stochastic or not.
+    """
     num_envs = max(1, min(num_envs, episodes))
     quota = np.full(num_envs, episodes // num_envs)
     quota[: episodes % num_envs] += 1
-    envs = make_vector_env(env_id, num_envs, env_kwargs=env_kwargs)
-    generator = torch.Generator(device=device).manual_seed(seed + EVAL_SEED_OFFSET)
-    returns: list[float] = []
+    if processes is None:
+        processes = usable_cores() if device.type == "cpu" else 1
+    shares = np.array_split(np.arange(num_envs), max(1, min(processes, num_envs)))
+
+    def play_share(envs: np.ndarray) -> list[tuple[int, int, float]]:
+        return _play(logits_fn, env_id, envs, quota[envs], seed, stochastic, device, env_kwargs)
+
+    ended = [episode for share in map_forked(play_share, shares) for episode in share]
+    return np.asarray([episode_return for _, _, episode_return in sorted(ended)])
+
+
+@torch.no_grad()
+def _play(
+    logits_fn: LogitsFn,
+    env_id: str,
+    env_index: np.ndarray,
+    quota: np.ndarray,
+    seed: int,
+    stochastic: bool,
+    device: torch.device,
+    env_kwargs: dict[str, Any] | None,
+) -> list[tuple[int, int, float]]:
+    """Env ``env_index[k]`` plays ``quota[k]`` episodes: ``(the vector env's step at which each
+    ends, env index, return)``. Sorted, these are the vector env's order of completion; its
+    autoreset costs a step, so a reset advances an env's clock too."""
+    seeds = [seed + EVAL_SEED_OFFSET + int(i) for i in env_index]
+    envs = [make_env(env_id, env_kwargs) for _ in env_index]
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    quota = quota.copy()
+    ended: list[tuple[int, int, float]] = []
     try:
-        obs, _ = envs.reset(seed=seed + EVAL_SEED_OFFSET)
-        running = np.zeros(num_envs)
-        after_done = np.zeros(num_envs, dtype=bool)
-        while (quota > 0).any():
-            logits = logits_fn(torch.as_tensor(obs, dtype=torch.float32, device=device))
-            actions = (
-                ops.sample_categorical(logits, generator)[0] if stochastic else logits.argmax(-1)
-            )
-            obs, reward, terminated, truncated, _ = envs.step(actions.cpu().numpy())
-            running += np.where(after_done, 0.0, reward)  # autoreset steps carry no reward
-            done = (terminated | truncated) & ~after_done
-            for i in np.flatnonzero(done):
-                if quota[i] > 0:
-                    returns.append(float(running[i]))
-                    quota[i] -= 1
-                running[i] = 0.0
-            after_done = terminated | truncated
+        obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds)]).astype(np.float32)
+        running = np.zeros(len(envs))
+        clock = np.zeros(len(envs), dtype=np.int64)
+        playing = np.flatnonzero(quota)
+        while playing.size:
+            logits = logits_fn(torch.as_tensor(obs[playing], device=device))
+            if stochastic:
+                rows = logits.split(1)
+                chosen = [
+                    ops.sample_categorical(row, generators[k])[0] for row, k in zip(rows, playing)
+                ]
+                actions = torch.cat(chosen)
+            else:
+                actions = logits.argmax(-1)
+            for k, action in zip(playing, actions.cpu().tolist()):
+                obs[k], reward, terminated, truncated, _ = envs[k].step(action)
+                running[k] += reward
+                clock[k] += 1
+                if terminated or truncated:
+                    ended.append((int(clock[k]), int(env_index[k]), float(running[k])))
+                    running[k] = 0.0
+                    quota[k] -= 1
+                    if quota[k]:
+                        obs[k] = envs[k].reset()[0]
+                        clock[k] += 1
+            playing = np.flatnonzero(quota)
     finally:
-        envs.close()
-    return np.asarray(returns)
+        for env in envs:
+            env.close()
+    return ended
 
 
 def policy_from_checkpoint(payload: dict) -> tuple[torch.nn.Module, str]:

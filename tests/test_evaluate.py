@@ -1,0 +1,122 @@
+"""evaluate(): the episodes and returns of a gymnasium vector env, without stepping finished envs."""
+
+from __future__ import annotations
+
+import os
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import pylander.evaluate as evaluation
+import pylander.forked as forked
+from pylander.envs import make_vector_env
+from pylander.evaluate import EVAL_SEED_OFFSET, evaluate
+from pylander.forked import map_forked
+
+
+def hovering_or_falling(obs: torch.Tensor) -> torch.Tensor:
+    """LunarLander logits of a crude hover controller (main engine against a fall, side engines
+    against the tilt): some episodes crash within ~150 steps, others hover to the time limit."""
+    tilt = obs[:, 4] + 0.5 * obs[:, 5]
+    action = torch.where(tilt > 0.05, 3, torch.where(tilt < -0.05, 1, 0))
+    action = torch.where(obs[:, 3] < -0.02, 2, action)
+    return torch.nn.functional.one_hot(action, 4).float()
+
+
+def vector_env_returns(logits_fn, env_id: str, episodes: int, seed: int, num_envs: int):
+    """The specification: every env of a vector env steps until each has played its share
+    (env i plays episodes i, i + n, ...), and returns are listed as episodes end."""
+    quota = np.full(num_envs, episodes // num_envs)
+    quota[: episodes % num_envs] += 1
+    envs = make_vector_env(env_id, num_envs)
+    returns = []
+    obs, _ = envs.reset(seed=seed + EVAL_SEED_OFFSET)
+    running, after_done = np.zeros(num_envs), np.zeros(num_envs, dtype=bool)
+    steps = 0
+    while (quota > 0).any():
+        actions = logits_fn(torch.as_tensor(obs)).argmax(-1).numpy()
+        obs, reward, terminated, truncated, _ = envs.step(actions)
+        steps += num_envs
+        running += np.where(after_done, 0.0, reward)
+        done = (terminated | truncated) & ~after_done
+        for i in np.flatnonzero(done):
+            if quota[i] > 0:
+                returns.append(float(running[i]))
+                quota[i] -= 1
+            running[i] = 0.0
+        after_done = terminated | truncated
+    envs.close()
+    return np.asarray(returns), steps
+
+
+class CountSteps(gym.Wrapper):
+    steps = 0
+
+    def step(self, action):
+        CountSteps.steps += 1
+        return super().step(action)
+
+
+@pytest.mark.parametrize(
+    "episodes, num_envs, processes", [(1, 16, 2), (5, 2, 1), (12, 12, 3), (23, 6, 2), (23, 6, 1)]
+)
+def test_greedy_returns_are_the_vector_envs_in_fewer_steps(
+    monkeypatch, episodes, num_envs, processes
+):
+    env_id = "LunarLander-v3"
+    expected, vector_steps = vector_env_returns(hovering_or_falling, env_id, episodes, 3, num_envs)
+    make_env = evaluation.make_env
+    monkeypatch.setattr(evaluation, "make_env", lambda *a, **k: CountSteps(make_env(*a, **k)))
+    CountSteps.steps = 0
+    returns = evaluate(
+        hovering_or_falling, env_id, episodes, 3, num_envs=num_envs, processes=processes
+    )
+    assert np.array_equal(returns, expected)  # the same episodes, bit for bit, in the same order
+    assert len(set(returns.tolist())) == episodes  # distinct episodes, not one repeated
+    if processes == 1 and episodes > 1:  # (a forked process's steps are not counted here)
+        assert CountSteps.steps < 0.8 * vector_steps  # the vector env stepped finished envs
+
+
+def test_stochastic_returns_repeat_per_seed_whatever_the_processes():
+    def uniform(obs: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(obs.shape[0], 2)
+
+    def play(seed: int, processes: int) -> np.ndarray:
+        return evaluate(
+            uniform, "CartPole-v1", 9, seed, stochastic=True, num_envs=4, processes=processes
+        )
+
+    first = play(0, 1)
+    assert first.shape == (9,)
+    assert np.array_equal(first, play(0, 3))
+    assert not np.array_equal(first, play(1, 1))
+
+
+def test_forked_processes_return_in_order_and_raise_what_a_child_raised():
+    def square_or_fail(x: int) -> int:
+        if x < 0:
+            raise ValueError(f"negative: {x}")
+        return x * x
+
+    assert map_forked(square_or_fail, [3, 1, 2]) == [9, 1, 4]
+    with pytest.raises(ValueError, match="negative: -2"):
+        map_forked(square_or_fail, [3, -2])
+
+
+def test_a_forked_process_that_dies_is_an_error():
+    def die(x: int) -> int:
+        if x:
+            os._exit(3)
+        return x
+
+    with pytest.raises(RuntimeError, match=r"died \(exit code 3\)"):
+        map_forked(die, [0, 1])
+
+
+def test_without_fork_the_items_run_here(monkeypatch):
+    monkeypatch.setattr(forked, "can_fork", lambda: False)
+    assert map_forked(lambda _: os.getpid(), [0, 1]) == [os.getpid()] * 2
+    monkeypatch.undo()
+    assert map_forked(lambda _: os.getpid(), [0, 1])[1] != os.getpid()
