@@ -82,7 +82,9 @@ def make_vector_env(
     backend: str = "gymnasium",
 ) -> gym.vector.VectorEnv:
     """``num_envs`` of :func:`make_env` as a vector env in gymnasium's default NEXT_STEP
-    autoreset mode (see rollout.py).
+    autoreset mode (see rollout.py): ``sync`` steps them in this process
+    (:class:`~pylander.vector_env.SerialVectorEnv`, gymnasium's ``SyncVectorEnv`` with less
+    overhead).
 
     ``async`` steps the envs in worker processes (worth it with 2+ spare cores); the workers run
     only gymnasium code, so the default fork start method is safe. ``split`` steps half of them
@@ -105,7 +107,9 @@ def make_vector_env(
         return gym.vector.AsyncVectorEnv(fns)
     if mode == "split":
         return SplitVectorEnv(fns)
-    return gym.vector.SyncVectorEnv(fns)
+    from pylander.vector_env import SerialVectorEnv  # which imports this module
+
+    return SerialVectorEnv(fns)
 
 
 def check_trainable(env_id: str, env_kwargs: dict | None = None) -> None:

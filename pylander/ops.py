@@ -198,6 +198,11 @@ def policy_sample(
         return _ops.policy_sample(obs, actor, obs_mean, obs_var, float(obs_clip), generator)
 
 
+policy_sample_nograd = _ops.policy_sample
+"""The op itself, for inputs that need no autograd (detached, or in ``inference_mode``): what
+:func:`policy_sample` calls, without its ``no_grad`` context."""
+
+
 def actor_critic_grads(
     obs: Tensor,
     actor: list[Tensor],

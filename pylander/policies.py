@@ -101,13 +101,14 @@ class ActorCritic(nn.Module):
         return [] if self.critic is None else list(self.critic.parameters())
 
     def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Sample actions ``[B]`` for ``obs`` ``[B, obs_size]``: called once per env step, so
-        normalisation, the actor and the sampler are one native call (``ops.policy_sample``),
-        which computes what ``logits`` does (up to rounding on the CPU)."""
-        stats = self.normalizer
-        mean, var = (None, None) if stats is None else (stats.mean, stats.var)
-        clip = 0.0 if stats is None else stats.clip
-        return ops.policy_sample(obs, self.actor_parameters(), mean, var, clip, generator)[0]
+        """Sample actions ``[B]`` for ``obs`` ``[B, obs_size]``: normalisation, the actor and the
+        sampler in one native call (``ops.policy_sample``), which computes what ``logits`` does
+        (up to rounding on the CPU)."""
+        return self.sampler(generator)(obs)
+
+    def sampler(self, generator: torch.Generator | None = None) -> ActionSampler:
+        """:meth:`act` with the parameters looked up once, for a rollout's many steps."""
+        return ActionSampler(self, generator)
 
     def architecture(self) -> dict:
         """What a checkpoint must match to be loaded into this policy."""
@@ -119,3 +120,23 @@ class ActorCritic(nn.Module):
             # Only when on, so that checkpoints from before the option still match.
             **({"normalize_obs": True} if self.normalizer is not None else {}),
         }
+
+
+class ActionSampler:
+    """``ActorCritic.act`` bound to the policy's parameters, looked up once (through the modules
+    that cost about a third of a 16-env step's inference). It sees in-place updates of the
+    parameters (optimizer steps, ``load_state_dict``), not parameters replaced by new tensors."""
+
+    def __init__(self, policy: ActorCritic, generator: torch.Generator | None = None):
+        stats = policy.normalizer
+        self.mean, self.var = (None, None) if stats is None else (stats.mean, stats.var)
+        self.clip = 0.0 if stats is None else stats.clip
+        # Detached, the parameters share storage but ask for no autograd: no no_grad() per call.
+        self.actor = [p.detach() for p in policy.actor_parameters()]
+        self.generator = generator
+
+    def __call__(self, obs: Tensor) -> Tensor:
+        """Actions ``[B]`` for ``obs`` ``[B, obs_size]``."""
+        return ops.policy_sample_nograd(
+            obs, self.actor, self.mean, self.var, self.clip, self.generator
+        )[0]

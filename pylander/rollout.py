@@ -84,9 +84,10 @@ class RolloutCollector:
         # Inference mode: the policy's forward pass and the sampler skip autograd's dispatch and
         # bookkeeping entirely (no_grad still pays for them); nothing here is differentiated.
         with torch.inference_mode():
+            act = self.policy.sampler(self.generator)
             for t in range(T):
                 self._store_obs(t, self._next_obs)
-                actions = self.policy.act(self._obs_rows[t], self.generator).cpu().numpy()
+                actions = act(self._obs_rows[t]).cpu().numpy()
                 obs, reward, terminated, truncated, _ = self.envs.step(actions)
                 valid = ~self._after_done
                 self._actions_np[t] = actions

@@ -188,7 +188,7 @@ def test_interleave_hook_pairs_each_baseline_block_with_the_next_update():
 
 def test_ops_trainer_and_notebook_sections_give_the_documented_keys():
     results = bench.run_benchmarks(
-        tiny_settings(), ("ops", "trainer", "workers", "notebook"), log=lambda m: None
+        tiny_settings(), ("ops", "vector_env", "trainer", "workers", "notebook"), log=lambda m: None
     )
     expected = {
         "discounted_returns": ("T8_N3", ["python", "torch"]),
@@ -217,6 +217,9 @@ def test_ops_trainer_and_notebook_sections_give_the_documented_keys():
         "seed_notebook.steps_per_s",
         "seed_algo.steps_per_s",
         "seed_algo.ratio_to_notebook",
+        "vector_env.steps_per_s.serial",
+        "vector_env.steps_per_s.gymnasium_sync",
+        "vector_env.ratio_serial_to_sync",
     ):
         assert_positive_ratio(bench.lookup(results, key))
     # 4 updates: 3 baseline blocks each followed by an update, the first left out as warm-up
@@ -230,6 +233,7 @@ def test_ops_trainer_and_notebook_sections_give_the_documented_keys():
     text = bench.format_report(results)
     assert "discounted_returns" in text and "trainer (default config, policy on cpu:" in text
     assert "--algo notebook:" in text
+    assert "env only: pylander's SerialVectorEnv" in text
     assert results["trainer"]["config"]["rollout_workers"] == 0
     assert results["workers"]["config"]["rollout_workers"] == 2
     assert results["collect_ahead"]["config"]["collect_ahead"] is True

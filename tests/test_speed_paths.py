@@ -25,6 +25,7 @@ from pylander.algorithms.reinforce import Reinforce
 from pylander.config import TrainConfig
 from pylander.distributed import Collective
 from pylander.envs import make_vector_env
+from pylander.vector_env import SerialVectorEnv
 from pylander.logger import WALL_CLOCK
 from pylander.pipeline import PipelinedCollector
 from pylander.policies import ActorCritic
@@ -173,7 +174,7 @@ def test_auto_mode_splits_only_with_a_second_core_and_two_envs(monkeypatch):
     monkeypatch.setattr(split_env.os, "sched_getaffinity", lambda pid: {0})
     assert resolve_vector_mode("auto", 16) == "sync"
     envs = make_vector_env("CartPole-v1", 2, "auto")
-    assert isinstance(envs, gym.vector.SyncVectorEnv)
+    assert isinstance(envs, SerialVectorEnv)
     envs.close()
 
 

@@ -16,6 +16,7 @@ from pylander.algorithms import get_algorithm
 from pylander.bench.settings import Log, Settings
 from pylander.config import TrainConfig
 from pylander.distributed import Collective
+from pylander.policies import ActionSampler
 from pylander.rollout import RolloutCollector
 from pylander.trainer import resolve_device
 
@@ -51,7 +52,7 @@ def breakdown(stats: pstats.Stats, algorithm, updates: int) -> tuple[dict, dict]
     rollout = seconds(RolloutCollector.collect)
     parts = {
         "env_step": seconds(type(envs).step),
-        "policy_act": seconds(type(algorithm.policy).act),
+        "policy_act": seconds(ActionSampler.__call__),
     }
     parts["rollout_glue"] = rollout - parts["env_step"] - parts["policy_act"]
     parts["update"] = total - rollout

@@ -137,6 +137,15 @@ def format_report(results: dict) -> str:
     meta = results.get("meta", {})
     lines = [_meta_line(meta)] if meta else []
     lines += _op_tables(results.get("ops", {}))
+    if "vector_env" in results:
+        v = results["vector_env"]
+        lines += [
+            "",
+            f"env only: pylander's SerialVectorEnv {v['steps_per_s']['serial']:,.0f} steps/s, "
+            f"gymnasium's SyncVectorEnv {v['steps_per_s']['gymnasium_sync']:,.0f} steps/s; "
+            f"ratio {v['ratio_serial_to_sync']:.2f} (the env-only baselines below step "
+            "SerialVectorEnv)",
+        ]
     if "trainer" in results:
         lines += ["", _trainer_line(results["trainer"], results["env_only"])]
     for name, flags in [("workers", ""), ("collect_ahead", " --collect-ahead")]:

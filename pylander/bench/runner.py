@@ -24,7 +24,7 @@ from pylander.bench.ops import bench_ops
 from pylander.bench.profiling import bench_profile
 from pylander.bench.report import check_targets, format_report, strip_private
 from pylander.bench.settings import Log, Settings
-from pylander.bench.trainer import bench_envpool, bench_trainer, bench_workers
+from pylander.bench.trainer import bench_envpool, bench_trainer, bench_vector_env, bench_workers
 
 
 class Section(NamedTuple):
@@ -36,6 +36,9 @@ class Section(NamedTuple):
 
 SECTIONS: dict[str, Section] = {
     "ops": Section("ops ...", bench_ops),
+    "vector_env": Section(
+        "env-only: SerialVectorEnv vs gymnasium's SyncVectorEnv ...", bench_vector_env
+    ),
     "trainer": Section("trainer vs env-only ...", bench_trainer),
     "workers": Section("trainer with rollout workers vs one-core env-only ...", bench_workers),
     "envpool": Section("trainer on envpool's envs vs gymnasium env-only ...", bench_envpool),
@@ -45,7 +48,7 @@ SECTIONS: dict[str, Section] = {
 }
 ALIASES = {"seed": "notebook"}
 """Old section names still accepted."""
-DEFAULT_SECTIONS = ("ops", "trainer", "workers", "envpool", "notebook", "distributed")
+DEFAULT_SECTIONS = ("ops", "vector_env", "trainer", "workers", "envpool", "notebook", "distributed")
 """What a plain run does; ``--profile`` adds ``profile``."""
 
 

@@ -22,13 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
 from pylander.bench.settings import Log, Settings
 from pylander.config import TrainConfig
-from pylander.envs import make_vector_env
+from pylander.envs import make_env, make_vector_env
 from pylander.hooks import Callback, UpdateInfo
 from pylander.trainer import train
+from pylander.vector_env import SerialVectorEnv
 
 
 @dataclass
@@ -136,6 +138,37 @@ def bench_workers(settings: Settings, workdir: Path, log: Log) -> dict:
         trainer, env_only = versus_env_only(settings, workdir / name, log, **config)
         results.update({name: trainer, f"{name}_env_only": env_only})
     return results
+
+
+def bench_vector_env(settings: Settings, workdir: Path, log: Log) -> dict:
+    """Env-only stepping (random actions) of the default trainer's envs through pylander's
+    ``SerialVectorEnv`` (what ``--vector sync`` and the rollout workers step) against
+    gymnasium's ``SyncVectorEnv``: interleaved blocks of ``num_envs x num_steps`` steps."""
+    config = TrainConfig(**settings.trainer_overrides)
+    fns = [lambda: make_env(config.env_id, config.env_kwargs)] * config.num_envs
+    kinds = {"serial": SerialVectorEnv(fns), "gymnasium_sync": gym.vector.SyncVectorEnv(fns)}
+    num_actions = kinds["serial"].single_action_space.n
+    actions = np.random.default_rng(config.seed).integers(
+        0, num_actions, size=(config.num_steps, config.num_envs)
+    )
+    seconds = dict.fromkeys(kinds, 0.0)
+    for envs in kinds.values():
+        envs.reset(seed=config.seed)
+    blocks = max(settings.trainer_updates // 2, 2)
+    for block in range(blocks + 1):
+        for name, envs in kinds.items():
+            started = time.perf_counter()
+            for row in actions:
+                envs.step(row)
+            if block:  # the first block of each is warm-up
+                seconds[name] += time.perf_counter() - started
+    for envs in kinds.values():
+        envs.close()
+    rates = {name: blocks * actions.size / s for name, s in seconds.items()}
+    ratio = rates["serial"] / rates["gymnasium_sync"]
+    log(f"  SerialVectorEnv {rates['serial']:,.0f} steps/s, gymnasium's SyncVectorEnv "
+        f"{rates['gymnasium_sync']:,.0f} steps/s")  # fmt: skip
+    return {"vector_env": {"steps_per_s": rates, "ratio_serial_to_sync": ratio}}
 
 
 def versus_env_only(
