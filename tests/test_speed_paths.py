@@ -25,13 +25,13 @@ from pylander.algorithms.reinforce import Reinforce
 from pylander.config import TrainConfig
 from pylander.distributed import Collective
 from pylander.envs import make_vector_env
-from pylander.vector_env import SerialVectorEnv
 from pylander.logger import WALL_CLOCK
 from pylander.pipeline import PipelinedCollector
 from pylander.policies import ActorCritic
 from pylander.rollout import RolloutCollector
 from pylander.split_env import SplitVectorEnv, resolve_vector_mode
 from pylander.train import main as train_main
+from pylander.vector_env import SerialVectorEnv
 
 
 def metrics_without_clock(path):
