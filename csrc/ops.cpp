@@ -29,6 +29,8 @@ TORCH_LIBRARY(pylander, m) {
         " Tensor advantages, Tensor old_log_probs, Tensor returns, float clip_coef,"
         " float ent_coef, float vf_coef, float scale)"
         " -> (Tensor[] actor_grads, Tensor[] critic_grads, Tensor stats)");
+  // Gradient-norm clipping per group of parameters, in place (csrc/composite/clip_grad_norms.cpp).
+  m.def("clip_grad_norms_(Tensor(a!)[] grads, int[] group_sizes, float max_norm) -> Tensor");
   // The notebook's PolicyNetwork.act on one observation, drawing from torch's global generator
   // (csrc/composite/notebook_act.cpp).
   m.def("notebook_act(Tensor observation, Tensor weight, Tensor bias) -> Tensor");

@@ -224,7 +224,7 @@ class Reinforce:
         samples = self._gather(batches, inputs, actions, advantages, old_log_probs, returns)
 
         actor, critic = self.policy.actor_parameters(), self.policy.critic_parameters()
-        nets = [params for params in (actor, critic) if params]
+        group_sizes = [len(params) for params in (actor, critic) if params]
         taken: list[tuple[Tensor, Tensor, float, int]] = []  # (stats, grad norm, size, rows)
         for step, (*batch, global_size) in enumerate(samples):
             if global_size == 0:
@@ -242,7 +242,11 @@ class Reinforce:
             for param, grad in zip(actor + critic, actor_grads + critic_grads):
                 param.grad = grad
             comm.sum_gradients(actor + critic)
-            grad_norm = self.clip_gradients(nets)
+            # Each net's gradient is clipped on its own: jointly, the critic's (regressing returns
+            # in the hundreds) would dominate the norm and shrink the actor's step to nothing.
+            grad_norm = ops.clip_grad_norms_(
+                [p.grad for p in actor + critic], group_sizes, cfg.max_grad_norm
+            )
             if not math.isfinite(grad_norm.item()):
                 what = "loss" if not math.isfinite(stats.sum().item()) else "gradient"
                 raise NonFiniteError(
@@ -325,23 +329,6 @@ class Reinforce:
         _, _, std_returns = self.comm.moments(returns)
         _, _, std_error = self.comm.moments(returns - values)
         return 1.0 - (std_error / std_returns) ** 2 if std_returns > 0 else math.nan
-
-    def clip_gradients(self, nets: list[list[Tensor]]) -> Tensor:
-        """Clip each net's gradients (the actor's, the critic's) separately; returns the larger
-        norm.
-
-        Jointly, the critic's gradient (regressing returns in the hundreds) dominates the norm
-        and clipping would shrink the actor's step to almost nothing. The arithmetic is
-        ``clip_grad_norm_``'s (foreach norms, their norm, one scaled multiply), without its
-        per-call grouping of tensors, which cost more than the arithmetic at this size.
-        """
-        norms = []
-        for params in nets:
-            grads = [p.grad for p in params]
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            torch._foreach_mul_(grads, (self.config.max_grad_norm / (norm + 1e-6)).clamp(max=1.0))
-            norms.append(norm)
-        return torch.stack(norms).max()
 
     # --- trainer interface -----------------------------------------------------------------
 
