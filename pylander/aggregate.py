@@ -71,7 +71,19 @@ def iqm_intervals(values: np.ndarray, reps: int) -> tuple[np.ndarray, np.ndarray
     def per_point(scores: np.ndarray) -> np.ndarray:  # (runs, tasks, points) -> (points,)
         return iqm(scores.reshape(-1, scores.shape[-1]), axis=0)
 
-    point, interval = rly.get_interval_estimates({"runs": values[:, None, :]}, per_point, reps=reps)
+    # rliable draws its resamples from numpy's global generator: seeded here, and restored after,
+    # so the same runs give the same intervals (as the numpy bootstrap's seeded generator does).
+    saved = np.random.get_state()
+    np.random.seed(0)
+    try:
+        point, interval = rly.get_interval_estimates(
+            {"runs": values[:, None, :]},
+            per_point,
+            reps=reps,
+            random_state=np.random.RandomState(0),
+        )
+    finally:
+        np.random.set_state(saved)
     return point["runs"], interval["runs"][0], interval["runs"][1], "rliable"
 
 

@@ -57,6 +57,8 @@ class SerialVectorEnv(gym.vector.VectorEnv):
         self, *, seed: int | Sequence[int | None] | None = None, options: dict | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start every env's episode afresh: env ``i`` from ``seed + i`` (or ``seed[i]``)."""
+        if options and "reset_mask" in options:
+            raise ValueError("SerialVectorEnv resets every env; it takes no reset_mask")
         if seed is None:
             seeds = [None] * self.num_envs
         elif isinstance(seed, Sequence):

@@ -164,3 +164,16 @@ def test_the_curve_interpolates_runs_onto_one_grid_and_takes_their_iqm():
     assert aggregate.iqm(runs, axis=0)[0] == 2.5  # the middle half: 2 and 3
     metrics = pytest.importorskip("rliable.metrics")
     assert aggregate.iqm(runs, axis=0)[0] == metrics.aggregate_iqm(runs[:, 0])
+
+
+def test_curve_intervals_repeat_and_leave_numpys_global_generator_alone():
+    values = np.random.default_rng(3).normal(size=(10, 5)) * 50
+    np.random.seed(123)
+    before = np.random.random()
+    np.random.seed(123)
+    first = aggregate.iqm_intervals(values, 200)
+    assert np.random.random() == before  # as if the intervals had drawn nothing
+    second = aggregate.iqm_intervals(values, 200)
+    for a, b in zip(first[:3], second[:3]):
+        assert np.array_equal(a, b)
+    assert (first[1] <= first[0]).all() and (first[0] <= first[2]).all()

@@ -77,5 +77,8 @@ def test_rejects_what_a_categorical_policy_cannot_do_and_closes_the_envs():
     assert len(closed) == 2
     with pytest.raises(ValueError, match="same spaces"):
         SerialVectorEnv([Tracked, Continuous])
+    envs = SerialVectorEnv([Informative] * 3)
     with pytest.raises(ValueError, match="2 seeds for 3 envs"):
-        SerialVectorEnv([Informative] * 3).reset(seed=[1, 2])
+        envs.reset(seed=[1, 2])
+    with pytest.raises(ValueError, match="takes no reset_mask"):
+        envs.reset(options={"reset_mask": np.ones(3, dtype=bool)})
