@@ -77,10 +77,7 @@ def iqm_intervals(values: np.ndarray, reps: int) -> tuple[np.ndarray, np.ndarray
     np.random.seed(0)
     try:
         point, interval = rly.get_interval_estimates(
-            {"runs": values[:, None, :]},
-            per_point,
-            reps=reps,
-            random_state=np.random.RandomState(0),
+            {"runs": values[:, None, :]}, per_point, reps=reps
         )
     finally:
         np.random.set_state(saved)
