@@ -1,7 +1,7 @@
 """envpool's C++ envs behind gymnasium's vector-env interface: ``--env-backend envpool``.
 
-:class:`EnvpoolVectorEnv` is what :class:`~pylander.rollout.RolloutCollector` gets instead of a
-``SyncVectorEnv``. What it relies on in envpool (1.2.5; ``tests/test_envpool.py`` checks each):
+:class:`EnvpoolVectorEnv` is what :class:`~pylander.rollout.RolloutCollector` gets instead of
+gymnasium's envs (``SerialVectorEnv``). What it relies on in envpool (1.2.5; ``tests/test_envpool.py`` checks each):
 
 - Autoreset is gymnasium 1.x's NEXT_STEP already: the step after an episode's end ignores its
   action, resets that env and returns its first observation with reward 0 and terminated =

@@ -174,7 +174,8 @@ def bench_vector_env(settings: Settings, workdir: Path, log: Log) -> dict:
 def versus_env_only(
     settings: Settings, out: Path, log: Log, **overrides: object
 ) -> tuple[dict, dict]:
-    """The trainer (the settings' config with ``overrides``) against gymnasium env-only stepping
+    """The trainer (the settings' config with ``overrides``) against env-only stepping (gymnasium's
+    envs through ``SerialVectorEnv``, as ``--vector sync`` steps them)
     of the same env ids, interleaved update by update, or with rollout workers (which would go
     on collecting during a baseline block) half the blocks before training and half after:
     (trainer entry, env-only entry) of the results."""
