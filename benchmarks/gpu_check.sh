@@ -44,7 +44,8 @@ timeout 120 $BENCH --device cuda --only ops --json "$OUT/bench_ops_cuda.json" > 
 step "bench ops rc=$?"
 step "CUDA tests (pytest -k cuda)"
 PT="$PY -m pytest -p no:cacheprovider --rootdir=$REPO -rs --tb=short"
-T="$REPO/tests"; OP_TESTS=("$T/test_ops.py" "$T/test_ops_sampling.py" "$T/test_ops_errors.py")
+T="$REPO/tests"; OP_TESTS=("$T/test_ops.py" "$T/test_ops_sampling.py" "$T/test_ops_errors.py"
+  "$T/test_actor_critic_ops.py" "$T/test_clipped_loss.py" "$T/test_clip_grad_norms.py" "$T/test_adam_scan.py")
 timeout 300 $PT -q -k cuda "${OP_TESTS[@]}" "$T/test_cuda_training.py" > "$OUT/test_cuda.log" 2>&1
 step "test_cuda rc=$? ($(tail -n 1 "$OUT/test_cuda.log"))"
 grep -E "^(FAILED|ERROR)" "$OUT/test_cuda.log" | head -n 20 >> "$S"

@@ -181,7 +181,7 @@ class Collective:
             try:
                 box[0] = (True, fn())
             except Exception as exc:  # re-raised below, on every rank
-                box[0] = (False, _picklable(exc))
+                box[0] = (False, picklable(exc))
         self._call(f"waiting for {what}", dist.broadcast_object_list, box, src=0)
         ok, value = box[0]
         if not ok:
@@ -231,7 +231,9 @@ class Collective:
             )
 
 
-def _picklable(exc: Exception) -> Exception:
+def picklable(exc: BaseException) -> BaseException:
+    """``exc``, or a RuntimeError naming it where it cannot make the round trip through pickle
+    (to another rank or process)."""
     try:
         pickle.loads(pickle.dumps(exc))
         return exc

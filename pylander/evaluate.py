@@ -23,7 +23,8 @@ from torch import Tensor
 from pylander import ops
 from pylander.checkpoint import CheckpointError, load_checkpoint
 from pylander.envs import check_spaces, make_env, resolve_env_id
-from pylander.forked import map_forked, usable_cores
+from pylander.forked import map_forked
+from pylander.split_env import usable_cores
 
 LogitsFn = Callable[[Tensor], Tensor]
 CPU = torch.device("cpu")
@@ -50,19 +51,24 @@ def evaluate(
     reset with ``seed + EVAL_SEED_OFFSET`` and run until each env has played its share. But
     only envs with episodes left are stepped (in a vector env the others would go on playing
     episodes nobody counts, and one lander hovering to the time limit would keep all of them
-    busy), and the envs are split among ``processes`` forked processes (default: one per usable
-    core, on the CPU). Env ``i`` samples from its own generator, so the returns do not depend on
-    the number of processes, stochastic or not.
+    busy), and on the CPU the envs are split among ``processes`` forked processes (default: this
+    process's share of the cores). The policy always sees a batch of all ``num_envs`` rows, as
+    in the vector env, so each row's logits, and the greedy returns, are the same bits however
+    many envs are left and however they are split. Stochastic actions come from one generator
+    per env, so they too are independent of the split (they are not the draws of the single
+    generator of versions before 0.1.0's fourth session).
     """
     num_envs = max(1, min(num_envs, episodes))
     quota = np.full(num_envs, episodes // num_envs)
     quota[: episodes % num_envs] += 1
     if processes is None:
-        processes = usable_cores() if device.type == "cpu" else 1
+        processes = usable_cores()
+    if device.type != "cpu":  # a forked child cannot use the parent's CUDA context
+        processes = 1
     shares = np.array_split(np.arange(num_envs), max(1, min(processes, num_envs)))
 
     def play_share(envs: np.ndarray) -> list[tuple[int, int, float]]:
-        return _play(logits_fn, env_id, envs, quota[envs], seed, stochastic, device, env_kwargs)
+        return _play(logits_fn, env_id, quota, envs, seed, stochastic, device, env_kwargs)
 
     ended = [episode for share in map_forked(play_share, shares) for episode in share]
     return np.asarray([episode_return for _, _, episode_return in sorted(ended)])
@@ -72,50 +78,53 @@ def evaluate(
 def _play(
     logits_fn: LogitsFn,
     env_id: str,
-    env_index: np.ndarray,
     quota: np.ndarray,
+    share: np.ndarray,
     seed: int,
     stochastic: bool,
     device: torch.device,
     env_kwargs: dict[str, Any] | None,
 ) -> list[tuple[int, int, float]]:
-    """Env ``env_index[k]`` plays ``quota[k]`` episodes: ``(the vector env's step at which each
-    ends, env index, return)``. Sorted, these are the vector env's order of completion; its
-    autoreset costs a step, so a reset advances an env's clock too."""
-    seeds = [seed + EVAL_SEED_OFFSET + int(i) for i in env_index]
-    envs = [make_env(env_id, env_kwargs) for _ in env_index]
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    quota = quota.copy()
+    """Env ``i`` of ``share`` plays ``quota[i]`` episodes: ``(the vector env's step at which each
+    ends, env, return)``. Sorted, these are the vector env's order of completion; its autoreset
+    costs a step, so a reset advances an env's clock too. ``obs`` holds a row for every env of
+    the vector env (those of other shares stay zero) and goes to the policy whole."""
+    envs = {int(i): make_env(env_id, env_kwargs) for i in share}
+    seeds = {i: seed + EVAL_SEED_OFFSET + i for i in envs}
+    generators = {i: torch.Generator(device=device).manual_seed(s) for i, s in seeds.items()}
+    left = {i: int(quota[i]) for i in envs if quota[i] > 0}
     ended: list[tuple[int, int, float]] = []
     try:
-        obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds)]).astype(np.float32)
-        running = np.zeros(len(envs))
-        clock = np.zeros(len(envs), dtype=np.int64)
-        playing = np.flatnonzero(quota)
-        while playing.size:
-            logits = logits_fn(torch.as_tensor(obs[playing], device=device))
+        obs = np.zeros((len(quota), *envs[int(share[0])].observation_space.shape), np.float32)
+        for i, env in envs.items():
+            obs[i] = env.reset(seed=seeds[i])[0]
+        running = dict.fromkeys(envs, 0.0)
+        clock = dict.fromkeys(envs, 0)
+        while left:
+            logits = logits_fn(torch.as_tensor(obs, device=device))
+            playing = list(left)
             if stochastic:
-                rows = logits.split(1)
                 chosen = [
-                    ops.sample_categorical(row, generators[k])[0] for row, k in zip(rows, playing)
+                    ops.sample_categorical(logits[i : i + 1], generators[i])[0] for i in playing
                 ]
-                actions = torch.cat(chosen)
+                actions = torch.cat(chosen).tolist()
             else:
-                actions = logits.argmax(-1)
-            for k, action in zip(playing, actions.cpu().tolist()):
-                obs[k], reward, terminated, truncated, _ = envs[k].step(action)
-                running[k] += reward
-                clock[k] += 1
+                actions = logits[playing].argmax(-1).tolist()
+            for i, action in zip(playing, actions):
+                obs[i], reward, terminated, truncated, _ = envs[i].step(action)
+                running[i] += float(reward)
+                clock[i] += 1
                 if terminated or truncated:
-                    ended.append((int(clock[k]), int(env_index[k]), float(running[k])))
-                    running[k] = 0.0
-                    quota[k] -= 1
-                    if quota[k]:
-                        obs[k] = envs[k].reset()[0]
-                        clock[k] += 1
-            playing = np.flatnonzero(quota)
+                    ended.append((clock[i], i, running[i]))
+                    running[i] = 0.0
+                    left[i] -= 1
+                    if left[i]:
+                        obs[i] = envs[i].reset()[0]
+                        clock[i] += 1
+                    else:
+                        del left[i]
     finally:
-        for env in envs:
+        for env in envs.values():
             env.close()
     return ended
 

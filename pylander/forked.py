@@ -1,9 +1,9 @@
 """Run a function on several inputs at once, in forked child processes: :func:`map_forked`.
 
 Forking copies the caller's memory (a policy, its statistics) for free and needs nothing to be
-picklable but the results. Where forking is not possible (no ``fork`` start method, or a
-daemonic caller, which multiprocessing forbids to have children) the inputs run one after the
-other here, with the same results.
+picklable but the results. Where forking is not safe or possible (not Linux, or a daemonic
+caller, which multiprocessing forbids to have children) the inputs run one after the other here,
+with the same results.
 """
 
 from __future__ import annotations
@@ -12,25 +12,21 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from pylander.distributed import picklable
 from pylander.split_env import die_with_parent
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, as ``taskset`` sets it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def can_fork() -> bool:
-    return "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
+    """Linux only: elsewhere forking a process with torch (and its threads) loaded is unsafe."""
+    return sys.platform.startswith("linux") and not mp.current_process().daemon
 
 
 def map_forked(fn: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
@@ -46,22 +42,29 @@ def map_forked(fn: Callable[[Item], Result], items: Sequence[Item]) -> list[Resu
     children = []
     finished = False
     try:
-        for item in items[1:]:
-            reader, writer = context.Pipe(duplex=False)
-            child = context.Process(
-                target=_child, args=(fn, item, writer, reader, os.getpid()), daemon=True
-            )
-            child.start()
-            writer.close()
-            children.append((child, reader))
+        # Blocked while forking, so that no child runs this process's handlers before it has
+        # set its own; signals that arrive meanwhile are delivered here once unblocked.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            for item in items[1:]:
+                reader, writer = context.Pipe(duplex=False)
+                child = context.Process(
+                    target=_child, args=(fn, item, writer, reader, os.getpid()), daemon=True
+                )
+                child.start()
+                writer.close()
+                children.append((child, reader))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         results = [fn(items[0])]
         for child, reader in children:
             try:
                 status, value = reader.recv()
             except EOFError:
                 child.join(5)
+                name = getattr(fn, "__qualname__", repr(fn))
                 raise RuntimeError(
-                    f"a forked {fn.__name__} process died (exit code {child.exitcode})"
+                    f"a forked process running {name} died (exit code {child.exitcode})"
                 ) from None
             if status == "error":
                 raise value
@@ -81,15 +84,16 @@ def map_forked(fn: Callable[[Item], Result], items: Sequence[Item]) -> list[Resu
 def _child(fn, item, writer, reader, parent_pid: int) -> None:
     die_with_parent(parent_pid)
     reader.close()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # blocked by the parent while forking
     try:
         result = ("ok", fn(item))
     except BaseException as exc:
-        result = ("error", exc)
+        result = ("error", picklable(exc))
     try:
         writer.send(result)
-    except Exception as exc:  # an unpicklable exception or result
+    except Exception as exc:  # an unpicklable result
         with contextlib.suppress(Exception):
-            writer.send(("error", RuntimeError(f"{fn.__name__} in a forked process: {exc}")))
+            writer.send(("error", RuntimeError(f"a forked process's result: {exc}")))
     writer.close()

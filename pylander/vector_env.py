@@ -3,7 +3,7 @@ trains (flat Box observations, Discrete actions), with a fraction of its per-ste
 
 ``SyncVectorEnv`` handles any space: it iterates the actions through the batched action space,
 packs the observations through the observation space and copies them again. For 16
-LunarLander envs that came to about a fifth of the envs' own time (``BENCHMARKS.md``), paid on
+LunarLander envs that came to about a tenth of the envs' own time (``BENCHMARKS.md``), paid on
 every step of a rollout. This class steps the same envs the same way, into one preallocated
 array: the same seeding (env ``i`` from ``seed + i``), NEXT_STEP autoreset (the step after an
 episode's end resets that env and returns reward 0, ``terminated = truncated = False``), dtypes
@@ -29,9 +29,10 @@ class SerialVectorEnv(gym.vector.VectorEnv):
     """The envs made by ``env_fns``, stepped one after the other in this process."""
 
     def __init__(self, env_fns: Sequence[Callable[[], gym.Env]]):
-        self.envs = [fn() for fn in env_fns]
-        first = self.envs[0]
+        self.envs: list[gym.Env] = []
         try:
+            self.envs.extend(fn() for fn in env_fns)
+            first = self.envs[0]
             check_spaces(first, first.spec.id if first.spec else type(first.unwrapped).__name__)
             for env in self.envs[1:]:
                 if (env.observation_space, env.action_space) != (
@@ -39,7 +40,7 @@ class SerialVectorEnv(gym.vector.VectorEnv):
                     first.action_space,
                 ):
                     raise ValueError("the envs of a vector env must have the same spaces")
-        except ValueError:
+        except BaseException:  # close the envs made so far
             self.close_extras()
             raise
         self.num_envs = len(self.envs)
@@ -83,7 +84,11 @@ class SerialVectorEnv(gym.vector.VectorEnv):
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
         infos: dict[str, Any] = {}
-        for i, (env, action) in enumerate(zip(self.envs, np.asarray(actions).tolist())):
+        actions = np.asarray(actions).tolist()
+        if not isinstance(actions, list) or len(actions) != self.num_envs:
+            got = len(actions) if isinstance(actions, list) else "a scalar"
+            raise ValueError(f"step needs one action per env ({self.num_envs}), got {got}")
+        for i, (env, action) in enumerate(zip(self.envs, actions)):
             if self._ended[i]:
                 self._obs[i], info = env.reset()
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import gymnasium as gym
@@ -11,9 +12,9 @@ import torch
 
 import pylander.evaluate as evaluation
 import pylander.forked as forked
-from pylander.envs import make_vector_env
 from pylander.evaluate import EVAL_SEED_OFFSET, evaluate
 from pylander.forked import map_forked
+from pylander.policies import ActorCritic
 
 
 def hovering_or_falling(obs: torch.Tensor) -> torch.Tensor:
@@ -30,7 +31,7 @@ def vector_env_returns(logits_fn, env_id: str, episodes: int, seed: int, num_env
     (env i plays episodes i, i + n, ...), and returns are listed as episodes end."""
     quota = np.full(num_envs, episodes // num_envs)
     quota[: episodes % num_envs] += 1
-    envs = make_vector_env(env_id, num_envs)
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id)] * num_envs)
     returns = []
     obs, _ = envs.reset(seed=seed + EVAL_SEED_OFFSET)
     running, after_done = np.zeros(num_envs), np.zeros(num_envs, dtype=bool)
@@ -79,6 +80,52 @@ def test_greedy_returns_are_the_vector_envs_in_fewer_steps(
         assert CountSteps.steps < 0.8 * vector_steps  # the vector env stepped finished envs
 
 
+def test_an_mlps_greedy_returns_do_not_depend_on_the_split_or_the_envs_left():
+    """With a real network the logits of a row can change in the last bits with the batch's
+    size; the policy always gets every env's row, so they do not."""
+    torch.manual_seed(4)
+    policy = ActorCritic(8, 4, [64, 64], critic=False)
+    for p in policy.parameters():  # larger weights, so greedy actions vary within an episode
+        p.data.normal_(0, 0.5)
+    expected, _ = vector_env_returns(policy, "LunarLander-v3", 11, 2, 4)
+    for processes in (1, 3, 4):
+        returns = evaluate(policy, "LunarLander-v3", 11, 2, num_envs=4, processes=processes)
+        assert np.array_equal(returns, expected), processes
+
+
+class FixedLengths(gym.Env):
+    """Env 0's episodes last 2 then 3 steps, env 1's 5 (seeded 0 and 1): which one ends first
+    depends on the autoreset step a vector env spends between env 0's episodes."""
+
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.lengths = [2, 3] if seed % 2 == 0 else [5]
+            self.episode = -1
+        self.episode += 1
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        end = self.t == self.lengths[self.episode % len(self.lengths)]
+        return np.zeros(1, np.float32), float(10 * self.episode + self.t), end, False, {}
+
+
+def test_the_order_of_returns_counts_the_vector_envs_autoreset_step(monkeypatch):
+    monkeypatch.setattr(evaluation, "make_env", lambda *a, **k: FixedLengths())
+    monkeypatch.setattr(gym, "make", lambda *a, **k: FixedLengths())
+    seed = -EVAL_SEED_OFFSET  # env i is reset with seed i
+    expected, _ = vector_env_returns(lambda obs: torch.zeros(len(obs), 2), "x", 4, seed, 2)
+    # env 0: 1+2 ends at step 2, autoreset at 3, 11+12+13 ends at 6; env 1: 1+...+5 ends at 5.
+    # Without the autoreset step env 0's second episode would end at 5, before env 1's.
+    assert expected.tolist() == [3.0, 15.0, 36.0, 65.0]
+    returns = evaluate(lambda obs: torch.zeros(len(obs), 2), "x", 4, seed, num_envs=2)
+    assert returns.tolist() == expected.tolist()
+
+
 def test_stochastic_returns_repeat_per_seed_whatever_the_processes():
     def uniform(obs: torch.Tensor) -> torch.Tensor:
         return torch.zeros(obs.shape[0], 2)
@@ -105,6 +152,21 @@ def test_forked_processes_return_in_order_and_raise_what_a_child_raised():
         map_forked(square_or_fail, [3, -2])
 
 
+class NeedsTwoArguments(Exception):
+    def __init__(self, code: int, detail: str):
+        super().__init__(f"{code}: {detail}")
+
+
+def test_an_exception_that_cannot_be_rebuilt_arrives_as_a_runtime_error_naming_it():
+    def fail(x: int) -> int:
+        if x:
+            raise NeedsTwoArguments(7, "worker failed")
+        return x
+
+    with pytest.raises(RuntimeError, match="NeedsTwoArguments: 7: worker failed"):
+        map_forked(fail, [0, 1])
+
+
 def test_a_forked_process_that_dies_is_an_error():
     def die(x: int) -> int:
         if x:
@@ -113,6 +175,8 @@ def test_a_forked_process_that_dies_is_an_error():
 
     with pytest.raises(RuntimeError, match=r"died \(exit code 3\)"):
         map_forked(die, [0, 1])
+    with pytest.raises(RuntimeError, match=r"running functools.partial.*died"):
+        map_forked(functools.partial(die), [0, 1])
 
 
 def test_without_fork_the_items_run_here(monkeypatch):

@@ -82,3 +82,14 @@ def test_rejects_what_a_categorical_policy_cannot_do_and_closes_the_envs():
         envs.reset(seed=[1, 2])
     with pytest.raises(ValueError, match="takes no reset_mask"):
         envs.reset(options={"reset_mask": np.ones(3, dtype=bool)})
+    envs.reset(seed=0)
+    with pytest.raises(ValueError, match=r"one action per env \(3\), got 2"):
+        envs.step(np.zeros(2, dtype=np.int64))
+
+    def broken():
+        raise RuntimeError("cannot make this env")
+
+    closed.clear()
+    with pytest.raises(RuntimeError, match="cannot make this env"):
+        SerialVectorEnv([Tracked, Tracked, broken])
+    assert len(closed) == 2  # the envs made before it
