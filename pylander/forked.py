@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import torch
+
 from pylander.distributed import picklable
 from pylander.split_env import die_with_parent
 
@@ -83,6 +85,9 @@ def map_forked(fn: Callable[[Item], Result], items: Sequence[Item]) -> list[Resu
 
 def _child(fn, item, writer, reader, parent_pid: int) -> None:
     die_with_parent(parent_pid)
+    # One thread: the parent's OpenMP/MKL thread pool did not survive the fork, and a parallel
+    # region in the child (MKL's tanh on a big enough tensor) would wait for it forever.
+    torch.set_num_threads(1)
     reader.close()
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_IGN)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
+import textwrap
 
 import gymnasium as gym
 import numpy as np
@@ -184,3 +187,26 @@ def test_without_fork_the_items_run_here(monkeypatch):
     assert map_forked(lambda _: os.getpid(), [0, 1]) == [os.getpid()] * 2
     monkeypatch.undo()
     assert map_forked(lambda _: os.getpid(), [0, 1])[1] != os.getpid()
+
+
+def test_a_child_of_a_parent_with_a_started_thread_pool_does_not_hang():
+    """The parent's OpenMP/MKL pool does not survive the fork: a child that ran parallel
+    regions with the parent's thread count waited for it forever."""
+    script = textwrap.dedent("""
+        import torch
+        from pylander.forked import map_forked
+
+        torch.set_num_threads(2)
+        torch.tanh(torch.randn(1_000_000))  # starts the pool
+
+        def work(n):
+            return float(torch.tanh(torch.randn(1_000_000)).sum() * 0) + n
+
+        print(map_forked(work, [0, 1]))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0.0, 1.0]"
