@@ -19,7 +19,7 @@ from typing import TypeVar
 import torch
 
 from pylander.distributed import picklable
-from pylander.split_env import die_with_parent
+from pylander.split_env import become_worker, stop_worker
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -75,23 +75,16 @@ def map_forked(fn: Callable[[Item], Result], items: Sequence[Item]) -> list[Resu
         return results
     finally:
         for child, reader in children:
-            reader.close()
-            if finished:  # it sent its result and is exiting
-                child.join(5)
-            if child.is_alive():
-                child.kill()
-            child.join()
+            # A child that sent its result is exiting; one still at work is not waited for.
+            stop_worker(child, reader, (lambda: None) if finished else child.kill)
 
 
 def _child(fn, item, writer, reader, parent_pid: int) -> None:
-    die_with_parent(parent_pid)
+    become_worker(parent_pid, reader)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # blocked by the parent while forking
     # One thread: the parent's OpenMP/MKL thread pool did not survive the fork, and a parallel
     # region in the child (MKL's tanh on a big enough tensor) would wait for it forever.
     torch.set_num_threads(1)
-    reader.close()
-    for sig in _SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # blocked by the parent while forking
     try:
         result = ("ok", fn(item))
     except BaseException as exc:

@@ -29,7 +29,6 @@ import contextlib
 import copy
 import multiprocessing as mp
 import os
-import signal
 import weakref
 from collections.abc import Callable
 
@@ -39,7 +38,7 @@ from torch import Tensor
 
 from pylander.policies import ActorCritic
 from pylander.rollout import Rollout, RolloutCollector
-from pylander.split_env import die_with_parent, stop_worker
+from pylander.split_env import become_worker, stop_worker
 
 _CONTEXT = mp.get_context("fork")
 
@@ -52,10 +51,7 @@ def _tensors(rollout: Rollout) -> list[Tensor]:
 
 
 def _worker(conn, parent_conn, make_envs, behaviour, shared, offset, parent_pid) -> None:
-    die_with_parent(parent_pid)
-    parent_conn.close()  # else this process holds the pipe open and never sees the parent go
-    for sig in (signal.SIGINT, signal.SIGTERM):  # the parent's to handle; this one ends with it
-        signal.signal(sig, signal.SIG_IGN)
+    become_worker(parent_pid, parent_conn)
     torch.set_num_threads(1)
     envs = None
     try:

@@ -64,7 +64,7 @@ class _Shared:
         self.truncated = array((num_envs,), np.bool_)
 
 
-def die_with_parent(parent_pid: int) -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """Make the kernel kill this (forked worker) process when its parent dies (Linux)."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -73,13 +73,19 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def _worker(env_fns: list, shared: _Shared, conn, parent_conn, parent_pid: int) -> None:
-    die_with_parent(parent_pid)
-    parent_conn.close()  # else this process holds the pipe open and never sees the parent go
-    # Ctrl-C or a SIGTERM sent to the whole process group is the parent's to handle (it saves a
-    # checkpoint, then closes this env); this process ends with the parent.
+def become_worker(parent_pid: int, parent_end) -> None:
+    """What every forked worker process does first: die with its parent, close its copy of the
+    parent's end of the pipe (else it holds the pipe open and never sees the parent go), and
+    ignore SIGINT/SIGTERM. Ctrl-C or a SIGTERM sent to the whole process group is the parent's
+    to handle (it saves a checkpoint, then closes its workers); a worker ends with the parent."""
+    _die_with_parent(parent_pid)
+    parent_end.close()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _worker(env_fns: list, shared: _Shared, conn, parent_conn, parent_pid: int) -> None:
+    become_worker(parent_pid, parent_conn)
     envs = None
     try:
         envs = gym.vector.SyncVectorEnv(env_fns)
