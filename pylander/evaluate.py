@@ -55,8 +55,8 @@ def evaluate(
     process's share of the cores). The policy always sees a batch of all ``num_envs`` rows, as
     in the vector env, so each row's logits, and the greedy returns, are the same bits however
     many envs are left and however they are split. Stochastic actions come from one generator
-    per env, so they too are independent of the split (they are not the draws of the single
-    generator of versions before 0.1.0's fourth session).
+    per env, so they too are independent of the split (earlier versions drew every env's action
+    from one generator, so their stochastic returns differ from these).
     """
     num_envs = max(1, min(num_envs, episodes))
     quota = np.full(num_envs, episodes // num_envs)
