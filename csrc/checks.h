@@ -147,4 +147,25 @@ inline void check_clip_inputs(const at::Tensor& logits,
                     "pylander: `clip_coef` > 0 needs `old_log_probs` (log pi_old(a_i|s_i), [B])");
 }
 
+// clip_grad_norms_: groups that cover `grads` exactly, float gradients on one device.
+inline void check_clip_grad_norms_inputs(at::TensorList grads, at::IntArrayRef group_sizes,
+                                         double max_norm) {
+  TORCH_CHECK_VALUE(std::isfinite(max_norm) && max_norm > 0.0,
+                    "pylander: `max_norm` must be positive and finite, got ", num(max_norm));
+  TORCH_CHECK_VALUE(!group_sizes.empty(), "pylander: `group_sizes` must name at least one group");
+  int64_t total = 0;
+  for (const auto size : group_sizes) {
+    TORCH_CHECK_VALUE(size > 0, "pylander: every group in `group_sizes` must hold at least one "
+                      "gradient, got ", num(size));
+    total += size;
+  }
+  TORCH_CHECK_VALUE(total == static_cast<int64_t>(grads.size()), "pylander: `group_sizes` add up "
+                    "to ", num(total), " gradients, but ", num(static_cast<int64_t>(grads.size())),
+                    " were given");
+  for (const auto& grad : grads) {
+    check_float(grad, "grads");
+    check_same_device(grad, grads[0], "grads", "grads[0]");
+  }
+}
+
 }  // namespace pylander

@@ -1,8 +1,9 @@
 // Input validation of the MLP ops (policy_sample, actor_critic_grads), shared by their kernels.
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>
 
+#include <cmath>
 #include <optional>
 #include <string>
 
@@ -56,6 +57,34 @@ inline void check_policy_inputs(const at::Tensor& obs, at::TensorList actor,
                 shape(stat->sizes()));
     check_same_device(*stat, obs, name, "obs");
   }
+}
+
+// actor_critic_grads' inputs, checked in one order by every kernel before any arithmetic.
+inline void check_actor_critic_inputs(const at::Tensor& obs, at::TensorList actor,
+                                      at::TensorList critic, const at::Tensor& actions,
+                                      const at::Tensor& advantages,
+                                      const at::Tensor& old_log_probs, const at::Tensor& returns,
+                                      double clip_coef, double ent_coef, double vf_coef,
+                                      double scale) {
+  check_obs(obs);
+  check_mlp(actor, obs, "actor");
+  if (!critic.empty()) check_mlp(critic, obs, "critic");
+  // The actor's logits' shape, dtype and device, which pg_loss's checks compare against.
+  const auto logits = at::empty({obs.size(0), actor[actor.size() - 2].size(0)}, obs.options());
+  check_same_shape(old_log_probs, logits, "old_log_probs", "the actor's logits");
+  check_same_device(old_log_probs, obs, "old_log_probs", "obs");
+  check_dtype(old_log_probs, obs.scalar_type(), "old_log_probs");
+  check_dtype(returns, obs.scalar_type(), "returns");
+  TORCH_CHECK_VALUE(std::isfinite(ent_coef) && std::isfinite(vf_coef) && std::isfinite(scale),
+                    "pylander: `ent_coef`, `vf_coef` and `scale` must be finite");
+  check_pg_inputs(logits, actions, advantages);
+  // A column of old_log_probs stands in for the chosen actions' ([B], its dtype and device).
+  check_clip_inputs(logits, old_log_probs.select(1, 0), clip_coef);
+  if (critic.empty()) return;
+  const int64_t outputs = critic[critic.size() - 2].size(0);
+  TORCH_CHECK(outputs == 1, "pylander: the critic must have one output, got ", num(outputs));
+  check_same_shape(returns, advantages, "returns", "advantages");
+  check_same_device(returns, obs, "returns", "obs");
 }
 
 }  // namespace pylander

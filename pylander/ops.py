@@ -16,9 +16,11 @@ Semantics (``dones[t, n]`` is true when the step taken at ``t`` in env ``n`` end
 * ``sample_categorical``: one action per row of ``softmax(logits)`` and its log-probability.
 * ``adam_scan``: ``T`` steps of ``torch.optim.Adam`` on fixed gradients, bit for bit.
 * ``policy_sample`` and ``actor_critic_grads``: the tanh MLP actor's sampling step and one
-  minibatch's actor and critic gradients, each in one call (composite: one kernel, any device).
+  minibatch's actor and critic gradients, each in one call (a composite kernel of ATen ops for
+  any device, and plain CPU loops that take precedence there).
 * ``notebook_act``: the notebook's ``PolicyNetwork.act``, on torch's global generator.
-* ``clip_grad_norms_``: per-group gradient-norm clipping in place, ``clip_grad_norm_``'s bits.
+* ``clip_grad_norms_``: per-group gradient-norm clipping in place, ``clip_grad_norm_``'s
+  arithmetic (its bits, except on the CPU, whose kernel sums in float64).
 """
 
 from __future__ import annotations
@@ -270,7 +272,8 @@ def clip_grad_norms_(grads: list[Tensor], group_sizes: list[int], max_norm: floa
     that its L2 norm is at most ``max_norm``; returns the largest norm before clipping.
 
     Per group: ``norm = ||[||g|| for g in group]||`` and every ``g *= min(1, max_norm / (norm +
-    1e-6))``, the arithmetic of ``torch.nn.utils.clip_grad_norm_`` (bit for bit, in one call).
+    1e-6))``, the arithmetic of ``torch.nn.utils.clip_grad_norm_``, in one call: bit for bit on
+    CUDA; on the CPU up to rounding, as one float64 sum of squares per group.
     """
     with torch.no_grad():
         return _ops.clip_grad_norms_(grads, list(group_sizes), float(max_norm))

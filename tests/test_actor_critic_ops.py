@@ -72,7 +72,40 @@ def test_policy_sample_clips_normalised_observations(device):
 @pytest.mark.parametrize("critic", [True, False], ids=["critic", "no_critic"])
 @pytest.mark.parametrize("clip", [0.0, 0.2])
 def test_actor_critic_grads_match_autograd(hidden, critic, clip, dtype, device):
-    B = 45
+    check_grads_match_autograd(hidden, critic, clip, 45, dtype, device)
+
+
+@pytest.mark.parametrize("B", [16, 256, 600])
+def test_actor_critic_grads_match_autograd_over_blocks_of_rows(B, dtype, device):
+    """The CPU kernel works through blocks of 256 rows and adds up their gradients: exactly one
+    block, and several with a partial last one."""
+    check_grads_match_autograd([64, 64], True, 0.2, B, dtype, device)
+
+
+def test_the_composite_kernel_matches_the_cpu_kernel(dtype):
+    """The composite kernel (ATen ops; what CUDA runs) called on the CPU, where its own kernel
+    takes precedence, so that CI without a GPU checks it too."""
+    composite = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+    B = 300
+    net = policy([64, 64], dtype, "cpu")
+    obs = observations(B, dtype, "cpu")
+    g = torch.Generator().manual_seed(4)
+    actions = torch.randint(0, 4, (B,), generator=g)
+    advantages = torch.randn(B, generator=g, dtype=torch.float64).to(dtype)
+    returns = (torch.randn(B, generator=g, dtype=torch.float64) * 20).to(dtype)
+    with torch.no_grad():
+        old = torch.log_softmax(net.actor(obs) + 0.3 * torch.randn(B, 4, generator=g).to(dtype), -1)
+    args = (obs, net.actor_parameters(), net.critic_parameters(), actions, advantages, old,
+            returns, 0.2, 0.01, 0.5, 1 / B)  # fmt: skip
+    with torch.no_grad():
+        *want_grads, want_stats = OPS.actor_critic_grads.default(*args)
+        *got_grads, got_stats = OPS.actor_critic_grads.default.redispatch(composite, *args)
+    for got, want in zip(got_grads[0] + got_grads[1], want_grads[0] + want_grads[1]):
+        torch.testing.assert_close(got, want, **tolerance(dtype))
+    torch.testing.assert_close(got_stats, want_stats, rtol=1e-5, atol=1e-5)
+
+
+def check_grads_match_autograd(hidden, critic, clip, B, dtype, device):
     net = policy(hidden, dtype, device, critic=critic)
     obs = observations(B, dtype, device)
     g = torch.Generator().manual_seed(3)

@@ -85,24 +85,15 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> actor_c
     const at::Tensor& obs, at::TensorList actor, at::TensorList critic, const at::Tensor& actions,
     const at::Tensor& advantages, const at::Tensor& old_log_probs, const at::Tensor& returns,
     double clip_coef, double ent_coef, double vf_coef, double scale) {
-  check_obs(obs);
-  check_mlp(actor, obs, "actor");
-  if (!critic.empty()) check_mlp(critic, obs, "critic");
+  check_actor_critic_inputs(obs, actor, critic, actions, advantages, old_log_probs, returns,
+                            clip_coef, ent_coef, vf_coef, scale);
   const int64_t B = obs.size(0);
   const auto actor_out = mlp_forward(obs, actor);
   const auto& logits = actor_out.output;
-  check_same_shape(old_log_probs, logits, "old_log_probs", "the actor's logits");
-  check_same_device(old_log_probs, obs, "old_log_probs", "obs");
-  check_dtype(old_log_probs, obs.scalar_type(), "old_log_probs");
-  check_dtype(returns, obs.scalar_type(), "returns");
-  TORCH_CHECK_VALUE(std::isfinite(ent_coef) && std::isfinite(vf_coef) && std::isfinite(scale),
-                    "pylander: `ent_coef`, `vf_coef` and `scale` must be finite");
-  // pg_loss checks actions and advantages (shapes, dtypes, range, finiteness) and clip_coef,
-  // so the gather only has to stay in bounds until it does.
+  // pg_loss checks the actions' range (and the advantages' finiteness), so the gather only has
+  // to stay in bounds until it does.
   const auto old_chosen =
-      actions.dim() == 1 && actions.size(0) == B && actions.scalar_type() == at::kLong
-          ? old_log_probs.gather(1, actions.clamp(0, logits.size(1) - 1).unsqueeze(1)).squeeze(1)
-          : old_log_probs.select(1, 0);
+      old_log_probs.gather(1, actions.clamp(0, logits.size(1) - 1).unsqueeze(1)).squeeze(1);
   const auto [policy_loss, entropy, clip_fraction] =
       dispatch::pg_loss(logits, actions, advantages, "sum", old_chosen, clip_coef);
   const auto grad_loss = at::scalar_tensor(scale, logits.options());
@@ -119,10 +110,6 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> actor_c
   at::Tensor value_loss = at::zeros({}, logits.options());
   if (!critic.empty()) {
     const auto critic_out = mlp_forward(obs, critic);
-    TORCH_CHECK(critic_out.output.size(1) == 1, "pylander: the critic must have one output, got ",
-                num(critic_out.output.size(1)));
-    check_same_shape(returns, advantages, "returns", "advantages");
-    check_same_device(returns, obs, "returns", "obs");
     const auto error = critic_out.output.squeeze(1) - returns;
     value_loss = 0.5 * error.pow(2).sum();
     critic_grads = mlp_backward(critic_out, critic, (vf_coef * scale * error).unsqueeze(1));

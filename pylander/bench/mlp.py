@@ -4,7 +4,8 @@
   forward pass in torch (``ActorCritic.logits``) plus ``sample_categorical``;
 * ``actor_critic_grads`` (256 rows: one minibatch of the default 2,048-step rollout in 8)
   against the same loss built from torch modules and ``clipped_pg_loss``, differentiated by
-  autograd.
+  autograd, and against the op's composite kernel (ATen calls from C++, what CUDA runs), which
+  the CPU kernel's plain loops replace on the CPU.
 
 Called back to back, as here, both sides keep their code and data in the caches; in a rollout
 the env steps in between evict them, which costs torch's gemm more than the native loops
@@ -67,6 +68,19 @@ def grads_native(policy: ActorCritic, batch: list[Tensor], scale: float) -> list
     return a + c
 
 
+COMPOSITE = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+
+
+def grads_composite(policy: ActorCritic, batch: list[Tensor], scale: float) -> list[Tensor]:
+    """``grads_native`` through the composite kernel, past the CPU kernel that overrides it."""
+    actor, critic = policy.actor_parameters(), policy.critic_parameters()
+    with torch.no_grad():
+        a, c, _ = torch.ops.pylander.actor_critic_grads.default.redispatch(
+            COMPOSITE, batch[0], actor, critic, *batch[1:], CLIP, ENT, VF, scale
+        )
+    return a + c
+
+
 def minibatch(rows: int, seed: int = 1) -> list[Tensor]:
     g = torch.Generator().manual_seed(seed)
     obs = torch.randn(rows, OBS_SIZE, generator=g)
@@ -97,8 +111,10 @@ def mlp_candidates(rows_act: int = 16, rows_update: int = 256) -> dict[str, dict
     assert torch.equal(want[0], got[0])
     batch, scale = minibatch(rows_update), 1.0 / rows_update
     autograd = lambda: loss_by_autograd(policy, batch, CLIP, ENT, VF, scale)  # noqa: E731
-    for a, b in zip(grads_native(policy, batch, scale), autograd()[0]):
+    composite = lambda: grads_composite(policy, batch, scale)  # noqa: E731
+    for a, b, c in zip(grads_native(policy, batch, scale), autograd()[0], composite()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
     return {
         "policy_sample": {
             "size": f"B{rows_act}",
@@ -109,5 +125,6 @@ def mlp_candidates(rows_act: int = 16, rows_update: int = 256) -> dict[str, dict
             "size": f"B{rows_update}",
             "native": lambda: grads_native(policy, batch, scale),
             "autograd": autograd,
+            "composite": composite,
         },
     }
