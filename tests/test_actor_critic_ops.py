@@ -5,6 +5,11 @@ and bad input."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.library import opcheck
@@ -215,3 +220,34 @@ def test_bad_inputs_raise_named_errors(case):
         call()
     assert fragment in str(info.value)
     assert "\n" not in str(info.value).split("Exception raised from")[0].strip()
+
+
+def cpu_vector_bytes() -> int:
+    return {"AVX512": 64, "AVX2": 32}.get(torch.backends.cpu.get_cpu_capability(), 16)
+
+
+@pytest.mark.parametrize("width", [16, 32])
+def test_the_narrower_vector_builds_compute_the_same(width):
+    """The CPU kernels' loops are built for 64-, 32- and 16-byte vectors and run the widest the
+    CPU has; PYLANDER_VECTOR_BYTES runs a narrower one, here the parity tests in a subprocess."""
+    if width > cpu_vector_bytes():
+        pytest.skip(f"this CPU has no {width}-byte vectors")
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYLANDER_VECTOR_BYTES": str(width)}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+         "cpu and (match_autograd or policy_sample_is or composite or empty)",
+         str(tests / "test_actor_critic_ops.py")],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tests,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout
+
+
+def test_a_bad_vector_width_is_a_clear_error():
+    code = "import torch, pylander; from pylander import ops; ops.policy_sample(torch.zeros(1, 2), [torch.zeros(3, 2), torch.zeros(3)], None, None)"  # noqa: E501
+    env = {**os.environ, "PYLANDER_VECTOR_BYTES": "48"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert run.returncode != 0
+    assert 'PYLANDER_VECTOR_BYTES must be 16, 32 or 64, got "48"' in run.stderr
