@@ -25,10 +25,10 @@ import torch
 from pylander import ops
 from pylander.algorithms import get_algorithm
 from pylander.algorithms.reinforce import Reinforce
+from pylander.bench.mlp import COMPOSITE
 from pylander.config import TrainConfig
 from pylander.distributed import Collective
 
-COMPOSITE = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
 GRADS = torch.ops.pylander.actor_critic_grads.default
 CLIP = torch.ops.pylander.clip_grad_norms_.default
 

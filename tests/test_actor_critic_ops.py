@@ -16,7 +16,7 @@ from torch.library import opcheck
 
 import pylander  # noqa: F401  (loads the ops)
 from pylander import ops
-from pylander.bench.mlp import loss_by_autograd
+from pylander.bench.mlp import COMPOSITE, loss_by_autograd
 from pylander.policies import ActorCritic
 
 from conftest import tolerance
@@ -90,7 +90,6 @@ def test_actor_critic_grads_match_autograd_over_blocks_of_rows(B, dtype, device)
 def test_the_composite_kernel_matches_the_cpu_kernel(dtype):
     """The composite kernel (ATen ops; what CUDA runs) called on the CPU, where its own kernel
     takes precedence, so that CI without a GPU checks it too."""
-    composite = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
     B = 300
     net = policy([64, 64], dtype, "cpu")
     obs = observations(B, dtype, "cpu")
@@ -104,7 +103,7 @@ def test_the_composite_kernel_matches_the_cpu_kernel(dtype):
             returns, 0.2, 0.01, 0.5, 1 / B)  # fmt: skip
     with torch.no_grad():
         *want_grads, want_stats = OPS.actor_critic_grads.default(*args)
-        *got_grads, got_stats = OPS.actor_critic_grads.default.redispatch(composite, *args)
+        *got_grads, got_stats = OPS.actor_critic_grads.default.redispatch(COMPOSITE, *args)
     for got, want in zip(got_grads[0] + got_grads[1], want_grads[0] + want_grads[1]):
         torch.testing.assert_close(got, want, **tolerance(dtype))
     torch.testing.assert_close(got_stats, want_stats, rtol=1e-5, atol=1e-5)

@@ -15,17 +15,14 @@
 // Internal linkage: each kernel file gets its own copies of these small templates.
 #pragma once
 
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <type_traits>
-#include <vector>
-
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "fast_math.h"
 
@@ -123,8 +120,8 @@ __attribute__((always_inline)) inline auto lane_sum(const V& v) {
   return s;
 }
 
-// yt[o, r] = b[o] + sum_i w[o, i] xt[i, r] for outputs [o0, o0 + Outs) and RowVecs 64-byte
-// blocks of rows from r0. Each output's sum runs over i in order whatever the blocking, so the
+// yt[o, r] = b[o] + sum_i w[o, i] xt[i, r] for outputs [o0, o0 + Outs) and RowVecs vectors
+// (Bytes bytes each) of rows from r0. Each output's sum runs over i in order whatever the blocking, so the
 // blocks change the speed, never the bits.
 template <typename scalar_t, int Bytes, int64_t Outs, int64_t RowVecs>
 __attribute__((always_inline)) inline void linear_block(const scalar_t* xt, const scalar_t* w,
@@ -180,8 +177,8 @@ PYLANDER_BY_WIDTH(linear_transposed,
                    int64_t out, int64_t rows, scalar_t* yt),
                   (xt, w, b, in, out, rows, yt))
 
-// dw[o, i0 + j] += sum_r gt[o, r] x[r, i0 + j] for outputs [o0, o0 + Outs) and IVecs 64-byte
-// blocks of inputs from i0: x row-major, so the sums run across inputs in vector registers and
+// dw[o, i0 + j] += sum_r gt[o, r] x[r, i0 + j] for outputs [o0, o0 + Outs) and IVecs vectors
+// (Bytes bytes each) of inputs from i0: x row-major, so the sums run across inputs in vector registers and
 // need no horizontal reduction.
 template <typename scalar_t, int Bytes, int64_t Outs, int64_t IVecs>
 __attribute__((always_inline)) inline void weight_grad_block(const scalar_t* gt,

@@ -68,6 +68,8 @@ def grads_native(policy: ActorCritic, batch: list[Tensor], scale: float) -> list
     return a + c
 
 
+# An op's ``.redispatch(COMPOSITE, ...)`` runs its composite kernel (ATen calls from C++, what
+# CUDA runs) past the CPU kernel that overrides it; the benchmarks and tests compare the two.
 COMPOSITE = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
 
 
