@@ -21,6 +21,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -673,12 +674,16 @@ def test_non_finite_env_values_stop_training_naming_the_update(tmp_path, what, f
     assert len(read_metrics(out / "metrics.csv")) == 6
 
 
-# 1e30: the first update leaves huge but finite parameters, and the second's float32 gradients
-# overflow (its loss, summed in float64 by the CPU kernel, stays finite); 1e38: the first update
-# already makes non-finite parameters.
+# 1e30: the first update leaves huge but finite parameters, and the second update overflows:
+# its float32 gradients, or already its loss, by how the CPU kernel's vector width rounds the
+# per-row terms near float32's limit (AVX-512: the gradients; AVX2: the loss). 1e38: the first
+# update already makes non-finite parameters.
 @pytest.mark.parametrize(
     "lr,fragment",
-    [("1e30", "non-finite gradient at update 2"), ("1e38", "non-finite values at update 1")],
+    [
+        ("1e30", r"non-finite (loss|gradient) at update 2"),
+        ("1e38", "non-finite values at update 1"),
+    ],
 )
 def test_huge_learning_rate_stops_with_a_clear_error(tmp_path, lr, fragment, capsys):
     out = tmp_path / "run"
@@ -696,7 +701,7 @@ def test_huge_learning_rate_stops_with_a_clear_error(tmp_path, lr, fragment, cap
     ]
     assert train_main(args) == 1
     err = capsys.readouterr().err
-    assert fragment in err and "Traceback" not in err, err
+    assert re.search(fragment, err) and "Traceback" not in err, err
     if (out / "checkpoint.pt").exists():
         payload = load_checkpoint(out / "checkpoint.pt")
         assert all(torch.isfinite(t).all() for t in payload["algorithm"]["policy"].values())
