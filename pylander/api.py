@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pylander import rundir
 from pylander.agent import Agent
 from pylander.config import TrainConfig
 from pylander.envs import check_trainable
+from pylander.threads import training_threads, using_threads
 
 
 @dataclass
@@ -84,14 +83,10 @@ def train(
     check_trainable(config.env_id, config.env_kwargs)
     resolve_device(config.device)
     out = config.resolved_out()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.torch_threads)
-    try:
-        with rundir.claim(out):
-            rundir.check(out, config, resume=resume, force=force)
-            if force:
-                rundir.clear(out)
-            summary = run_trainer(config, resume=resume, callbacks=list(callbacks))
-    finally:
-        torch.set_num_threads(threads)
+    threads = training_threads(config)
+    with using_threads(threads), rundir.claim(out):
+        rundir.check(out, config, resume=resume, force=force)
+        if force:
+            rundir.clear(out)
+        summary = run_trainer(config, resume=resume, callbacks=list(callbacks))
     return TrainResult(summary, Agent.load(out), out)

@@ -124,7 +124,10 @@ class TrainConfig:
         "cpu", "where the policy, sampling and loss run (envs stay on the CPU)", runtime=True
     )
     torch_threads: int = _run(
-        1, "torch intra-op threads per process (1 is fastest for small MLPs)", runtime=True
+        0,
+        "torch intra-op threads per process (0: 2 where the update has two cores to itself, "
+        "else 1; a run's numbers do not depend on it)",
+        runtime=True,
     )
     out: str = _run(
         "",
@@ -221,7 +224,6 @@ class TrainConfig:
         self._check_types()
         positive = [
             "total_steps",
-            "torch_threads",
             "epochs",
             "num_envs",
             "num_steps",
@@ -245,6 +247,10 @@ class TrainConfig:
         if self.eval_interval < 0:
             raise ValueError(
                 f"eval_interval must be >= 0 (0: no periodic evaluation), got {self.eval_interval}"
+            )
+        if self.torch_threads < 0:
+            raise ValueError(
+                f"torch_threads must be >= 0 (0: chosen for this machine), got {self.torch_threads}"
             )
         for name in ["ent_coef", "vf_coef", "target_kl", "clip_coef"]:
             value = getattr(self, name)

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from pylander.config import TrainConfig
+from pylander.threads import available_cores
 
 LOCK_WAIT_SECONDS = 60
 """How long a rerun waits for the seeds of a killed experiment to save and stop."""
@@ -159,11 +160,14 @@ def run_seeds(seeds: list[Seed], jobs: int, logs: Path, lock_fd: int) -> dict[in
     running: dict[int, tuple[subprocess.Popen, float]] = {}
     status: dict[int, int] = {}
     logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if jobs > 1:  # each seed's torch threads (--torch-threads 0) within its share of the cores
+        env.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // jobs)))
     try:
         while pending or running:
             while pending and len(running) < jobs:
                 s = pending.pop(0)
-                running[s.seed] = (_start(s, logs, lock_fd), time.perf_counter())
+                running[s.seed] = (_start(s, logs, lock_fd, env), time.perf_counter())
                 print(
                     f"seed {s.seed}: {'resumed' if s.state == 'resume' else 'started'}", flush=True
                 )
@@ -185,7 +189,7 @@ def run_seeds(seeds: list[Seed], jobs: int, logs: Path, lock_fd: int) -> dict[in
     return status
 
 
-def _start(s: Seed, logs: Path, lock_fd: int) -> subprocess.Popen:
+def _start(s: Seed, logs: Path, lock_fd: int, env: dict[str, str]) -> subprocess.Popen:
     command = {
         "resume": [sys.executable, "-m", "pylander.train", "--resume", str(s.out)],
         "force": [*s.command, "--force"],
@@ -198,6 +202,7 @@ def _start(s: Seed, logs: Path, lock_fd: int) -> subprocess.Popen:
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
             pass_fds=(lock_fd,),
             preexec_fn=lambda: _die_with_parent(parent),
         )

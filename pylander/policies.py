@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from pylander import ops
+from pylander.threads import one_thread
 
 
 def mlp(sizes: list[int], out_gain: float) -> nn.Sequential:
@@ -20,7 +21,8 @@ def mlp(sizes: list[int], out_gain: float) -> nn.Sequential:
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         linear = nn.Linear(fan_in, fan_out)
         last = i == len(sizes) - 2
-        nn.init.orthogonal_(linear.weight, out_gain if last else math.sqrt(2))
+        with one_thread():
+            nn.init.orthogonal_(linear.weight, out_gain if last else math.sqrt(2))
         nn.init.zeros_(linear.bias)
         layers.append(linear)
         if not last:

@@ -274,10 +274,11 @@ def run_training(config: TrainConfig, *, resume: bool, main_rank: bool) -> int:
     from pylander.algorithms import NonFiniteError
     from pylander.checkpoint import CheckpointError
     from pylander.distributed import DistributedError, init_from_env, shutdown
+    from pylander.threads import training_threads
     from pylander.trainer import TrainingInterrupted, resolve_device, train
 
     out = config.resolved_out()
-    torch.set_num_threads(config.torch_threads)
+    torch.set_num_threads(training_threads(config))
     try:
         init_from_env(resolve_device(config.device))
         train(config, resume=resume)

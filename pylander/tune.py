@@ -44,19 +44,21 @@ from pylander.search import STUDY_NAME, Search
 from pylander.search_space import NUM_ENVS, NUM_STEPS, apply_params, default_space
 
 
-def run_trials(search: Search, trials: int, worker: int = 0) -> None:
-    """Run ``trials`` trials of the search in this process; a trial whose training fails
-    (diverges, or its settings are invalid) is recorded as failed and the search goes on."""
+def run_trials(search: Search, trials: int, worker: int = 0, processes: int = 1) -> None:
+    """Run ``trials`` trials of the search in this process, one of ``processes`` running trials
+    at once; a trial whose training fails (diverges, or its settings are invalid) is recorded as
+    failed and the search goes on."""
     import torch
 
     from pylander.algorithms import NonFiniteError
+    from pylander.threads import training_threads
 
-    torch.set_num_threads(search.base.torch_threads)
+    torch.set_num_threads(training_threads(search.base, processes))
     study = search.open_study(worker)
     study.optimize(search.objective(), n_trials=trials, catch=(NonFiniteError, ValueError))
 
 
-def _worker(search: Search, trials: int, worker: int, parent: int) -> None:
+def _worker(search: Search, trials: int, worker: int, processes: int, parent: int) -> None:
     """A worker process: exits at once when the search process dies (a killed search must not
     leave trials running; the trial it held is marked failed when the search is rerun)."""
 
@@ -69,7 +71,7 @@ def _worker(search: Search, trials: int, worker: int, parent: int) -> None:
 
     threading.Thread(target=watch, daemon=True).start()
     try:
-        run_trials(search, trials, worker)
+        run_trials(search, trials, worker, processes)
     except TrainingInterrupted:  # Ctrl-C reached the whole process group; the search reports it
         sys.exit(130)
 
@@ -272,7 +274,7 @@ def _run_workers(search: Search, trials: int, jobs: int) -> None:
     context = multiprocessing.get_context("spawn")  # no fork of a process that has torch loaded
     shares = [trials // jobs + (i < trials % jobs) for i in range(min(jobs, trials))]
     workers = [
-        context.Process(target=_worker, args=(search, n, i, os.getpid()))
+        context.Process(target=_worker, args=(search, n, i, len(shares), os.getpid()))
         for i, n in enumerate(shares)
     ]
     for w in workers:

@@ -7,9 +7,10 @@
 // statistics up to rounding: its sums run in other orders, and the statistics in double
 // precision.
 //
-// One thread: a minibatch is a few hundred rows, and the trainer runs one torch thread.
+// The actor and the critic run on two threads where torch has two (see actor_critic_grads_cpu).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -140,6 +141,85 @@ double kl_sum(const scalar_t* z, const scalar_t* old, int64_t A, int64_t i0, int
   return kl;
 }
 
+// A block of observation rows in both layouts Mlp::forward takes, zero-padded to `rows`.
+template <typename scalar_t>
+struct InputBlock {
+  int64_t i0, n, rows;
+  std::vector<scalar_t> transposed, row_major;
+};
+
+template <typename scalar_t>
+std::vector<InputBlock<scalar_t>> input_blocks(const scalar_t* x, int64_t B, int64_t in) {
+  std::vector<InputBlock<scalar_t>> blocks;
+  for (int64_t i0 = 0; i0 < B; i0 += kBlockRows) {
+    const int64_t n = std::min(kBlockRows, B - i0), rows = padded_rows(n);
+    InputBlock<scalar_t> block{i0, n, rows, std::vector<scalar_t>(in * rows, scalar_t(0)),
+                               std::vector<scalar_t>(in * rows, scalar_t(0))};
+    transpose_into(x + i0 * in, n, in, rows, block.transposed.data());
+    std::copy(x + i0 * in, x + (i0 + n) * in, block.row_major.begin());
+    blocks.push_back(std::move(block));
+  }
+  return blocks;
+}
+
+// What the actor's pass adds up: the loss's row statistics, their flags and the KL.
+struct ActorSums {
+  RowStats loss;
+  Flags backward_flags;
+  double kl = 0.0;
+};
+
+// The actor's forward and backward passes and the loss, block by block: logits into z, the
+// gradients into `grads`.
+template <typename scalar_t>
+ActorSums actor_pass(Mlp<scalar_t>& net, const std::vector<InputBlock<scalar_t>>& blocks,
+                     const int64_t* actions, const scalar_t* weights, const scalar_t* old,
+                     Clip<scalar_t> clip, int64_t A, double ent_coef, double scale, scalar_t* z,
+                     std::vector<at::Tensor>& grads) {
+  ActorSums sums;
+  std::vector<scalar_t> grad_logits;
+  for (const auto& block : blocks) {
+    const int64_t i0 = block.i0, n = block.n, rows = block.rows;
+    const auto out = net.forward(block.transposed, block.row_major, rows);
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < A; ++j) z[(i0 + i) * A + j] = out[j * rows + i];
+    }
+    // The loss: pg_loss's row passes.
+    const auto stats = pg_forward_rows(z, actions, weights, clip, A, i0, i0 + n);
+    sums.loss.loss += stats.loss;
+    sums.loss.entropy += stats.entropy;
+    sums.loss.clipped += stats.clipped;
+    sums.loss.flags.merge(stats.flags);
+    grad_logits.resize(n * A);
+    sums.backward_flags.merge(pg_backward_rows(z + i0 * A, actions + i0, weights + i0,
+                                               offset(clip, i0), grad_logits.data(), A, scale,
+                                               -ent_coef * scale, 0, n));
+    std::vector<scalar_t> g(A * rows, scalar_t(0));
+    transpose_into(grad_logits.data(), n, A, rows, g.data());
+    net.backward(std::move(g), grads);
+    sums.kl += kl_sum(z, old, A, i0, i0 + n);
+  }
+  return sums;
+}
+
+// The critic's forward and backward passes, block by block; returns the summed squared error / 2.
+template <typename scalar_t>
+double critic_pass(Mlp<scalar_t>& net, const std::vector<InputBlock<scalar_t>>& blocks,
+                   const scalar_t* returns, scalar_t value_coef, std::vector<at::Tensor>& grads) {
+  double value_loss = 0.0;
+  for (const auto& block : blocks) {
+    const auto values = net.forward(block.transposed, block.row_major, block.rows);
+    std::vector<scalar_t> grad_values(block.rows, scalar_t(0));
+    for (int64_t i = 0; i < block.n; ++i) {
+      const scalar_t error = values[i] - returns[block.i0 + i];
+      value_loss += 0.5 * static_cast<double>(error) * static_cast<double>(error);
+      grad_values[i] = value_coef * error;
+    }
+    net.backward(std::move(grad_values), grads);
+  }
+  return value_loss;
+}
+
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> actor_critic_grads_cpu(
     const at::Tensor& obs, at::TensorList actor, at::TensorList critic, const at::Tensor& actions,
     const at::Tensor& advantages, const at::Tensor& old_log_probs, const at::Tensor& returns,
@@ -158,12 +238,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> actor_c
     const auto w = advantages.contiguous();
     const auto old = old_log_probs.contiguous();
     const auto r = returns.contiguous();
-    const scalar_t* xp = x.data_ptr<scalar_t>();
     const int64_t* ap = a.data_ptr<int64_t>();
-    const scalar_t* wp = w.data_ptr<scalar_t>();
     const scalar_t* oldp = old.data_ptr<scalar_t>();
-    const scalar_t* rp = critic.empty() ? nullptr : r.data_ptr<scalar_t>();
-    scalar_t* z = logits.data_ptr<scalar_t>();
     // The old log-probability of each row's action, for the clipped surrogate.
     std::vector<scalar_t> old_chosen(B, scalar_t(0));
     for (int64_t i = 0; i < B; ++i) {
@@ -171,61 +247,39 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> actor_c
     }
     Clip<scalar_t> clip;
     if (clip_coef > 0.0) clip = {old_chosen.data(), {1.0 - clip_coef, 1.0 + clip_coef}};
-    const auto value_coef = static_cast<scalar_t>(vf_coef * scale);
 
     Mlp<scalar_t> actor_net(actor, in), critic_net(critic, in);
     actor_grads = actor_net.zero_grads(options);
     critic_grads = critic_net.zero_grads(options);
-    RowStats loss;
-    Flags backward_flags;
-    double kl = 0.0, value_loss = 0.0;
-    std::vector<scalar_t> xt, x_rows, grad_logits;
     // Blocks of rows: each block's activations stay in L2, and its share of the parameter
     // gradients is added to theirs.
-    for (int64_t i0 = 0; i0 < B; i0 += kBlockRows) {
-      const int64_t n = std::min(kBlockRows, B - i0), rows = padded_rows(n);
-      xt.assign(in * rows, scalar_t(0));
-      x_rows.assign(in * rows, scalar_t(0));
-      transpose_into(xp + i0 * in, n, in, rows, xt.data());
-      std::copy(xp + i0 * in, xp + (i0 + n) * in, x_rows.begin());
-
-      const auto out = actor_net.forward(xt, x_rows, rows);
-      for (int64_t i = 0; i < n; ++i) {
-        for (int64_t j = 0; j < A; ++j) z[(i0 + i) * A + j] = out[j * rows + i];
+    const auto blocks = input_blocks(x.data_ptr<scalar_t>(), B, in);
+    ActorSums actor_sums;
+    double value_loss = 0.0;
+    // The two networks share nothing but their inputs, and take about the same arithmetic: with
+    // two or more torch threads each gets one (one alone runs both). Each pass adds up in the
+    // same order either way, so the results do not depend on the thread count.
+    const int64_t passes = critic.empty() ? 1 : 2;
+    at::parallel_for(0, passes, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        if (p == 0) {
+          actor_sums = actor_pass(actor_net, blocks, ap, w.data_ptr<scalar_t>(), oldp, clip, A,
+                                  ent_coef, scale, logits.data_ptr<scalar_t>(), actor_grads);
+        } else {
+          value_loss = critic_pass(critic_net, blocks, r.data_ptr<scalar_t>(),
+                                   static_cast<scalar_t>(vf_coef * scale), critic_grads);
+        }
       }
-      // The loss: pg_loss's row passes.
-      const auto block = pg_forward_rows(z, ap, wp, clip, A, i0, i0 + n);
-      loss.loss += block.loss;
-      loss.entropy += block.entropy;
-      loss.clipped += block.clipped;
-      loss.flags.merge(block.flags);
-      grad_logits.resize(n * A);
-      backward_flags.merge(pg_backward_rows(z + i0 * A, ap + i0, wp + i0,
-                                            offset(clip, i0), grad_logits.data(), A, scale,
-                                            -ent_coef * scale, 0, n));
-      std::vector<scalar_t> g(A * rows, scalar_t(0));
-      transpose_into(grad_logits.data(), n, A, rows, g.data());
-      actor_net.backward(std::move(g), actor_grads);
-      kl += kl_sum(z, oldp, A, i0, i0 + n);
-
-      if (critic.empty()) continue;
-      const auto values = critic_net.forward(xt, x_rows, rows);
-      std::vector<scalar_t> grad_values(rows, scalar_t(0));
-      for (int64_t i = 0; i < n; ++i) {
-        const scalar_t error = values[i] - rp[i0 + i];
-        value_loss += 0.5 * static_cast<double>(error) * static_cast<double>(error);
-        grad_values[i] = value_coef * error;
-      }
-      critic_net.backward(std::move(grad_values), critic_grads);
-    }
+    });
+    const RowStats& loss = actor_sums.loss;
     loss.flags.check("logits` or `weights", A);
-    backward_flags.check("logits", A);
+    actor_sums.backward_flags.check("logits", A);
     double* s = stats.data_ptr<double>();
     s[0] = loss.loss;
     s[1] = value_loss;
     s[2] = B > 0 ? loss.entropy / static_cast<double>(B) : 0.0;
     s[3] = static_cast<double>(loss.clipped) / static_cast<double>(std::max<int64_t>(B, 1));
-    s[4] = kl;
+    s[4] = actor_sums.kl;
   });
   return {std::move(actor_grads), std::move(critic_grads), std::move(stats)};
 }

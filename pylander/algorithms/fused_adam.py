@@ -23,6 +23,7 @@ class FusedAdamStep:
         if len({(p.device, p.dtype) for p in group["params"]}) != 1:
             raise ValueError("FusedAdamStep needs every parameter on one device, in one dtype")
         self.optimizer = optimizer
+        self._counters: list[torch.Tensor] = []  # views of self._steps, once made
 
     def step(self) -> None:
         # The group is read on every step: optimizer.load_state_dict replaces it (a resume), and
@@ -33,8 +34,8 @@ class FusedAdamStep:
             self.optimizer.step()  # the first step creates the state
             return
         states = [state[p] for p in params]
-        steps = [s["step"] for s in states]
-        torch._foreach_add_(steps, 1)
+        steps = self._step_counters(states)
+        self._steps.add_(1)
         beta1, beta2 = group["betas"]
         torch._fused_adam_(
             params,
@@ -53,3 +54,17 @@ class FusedAdamStep:
             grad_scale=None,
             found_inf=None,
         )
+
+    def _step_counters(self, states: list[dict]) -> list[torch.Tensor]:
+        """Each parameter's step counter, made a view of one tensor so that one add advances
+        them all: ``torch._foreach_add_`` over a dozen scalars took as long as the fused kernel.
+        Made again whenever the state holds other tensors (the first step, a load_state_dict)."""
+        steps = [s["step"] for s in states]
+        if len(steps) != len(self._counters) or any(
+            a is not b for a, b in zip(steps, self._counters)
+        ):
+            self._steps = torch.stack(steps)
+            self._counters = list(self._steps.unbind())
+            for s, counter in zip(states, self._counters):
+                s["step"] = counter
+        return self._counters

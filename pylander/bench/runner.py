@@ -138,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"run only these sections, of {', '.join(SECTIONS)} (seed: the old name of notebook)",
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch intra-op threads (the trainer's default is 1)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads of the ops and the one-core trainer (default 1); the "
+        "trainer on the whole machine takes its own (--torch-threads 0)",
     )
     parser.add_argument(
         "--trainer-updates",

@@ -29,6 +29,7 @@ from pylander.bench.settings import Log, Settings
 from pylander.config import TrainConfig
 from pylander.envs import make_env, make_vector_env
 from pylander.hooks import Callback, UpdateInfo
+from pylander.threads import training_threads, using_threads
 from pylander.trainer import train
 from pylander.vector_env import SerialVectorEnv
 
@@ -208,7 +209,9 @@ def versus_env_only(
     else:
         count = max(settings.trainer_updates // 2, 1)
         before = _timed_blocks(env_only, count)
-        window, trainer_rate, _ = train_interleaved(config, out, lambda: 0, lambda: None)
+        # The whole machine: the trainer's own torch threads (--torch-threads 0 by default).
+        with using_threads(training_threads(config)):
+            window, trainer_rate, _ = train_interleaved(config, out, lambda: 0, lambda: None)
         after = _timed_blocks(env_only, count)
         envs.close()
         env_rate = (before[0] + after[0]) / (before[1] + after[1])
