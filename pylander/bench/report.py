@@ -99,7 +99,8 @@ def _trainer_line(t: dict, e: dict) -> str:
     return (
         f"trainer (default config, policy on {c['device']}: {c['num_envs']} {c['vector']} "
         f"envs x {c['num_steps']} steps, {c.get('epochs', 1)} epochs x "
-        f"{c.get('minibatches', 1)} minibatches): {t['steps_per_s']:,.0f} steps/s; "
+        f"{c.get('minibatches', 1)} minibatches, {t.get('torch_threads', 1)} torch threads): "
+        f"{t['steps_per_s']:,.0f} steps/s; "
         f"env only (random actions): {e['steps_per_s']:,.0f} steps/s; "
         f"ratio {t['ratio_to_env']:.3f}"
     )

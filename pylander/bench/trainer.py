@@ -24,6 +24,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from pylander.bench.settings import Log, Settings
 from pylander.config import TrainConfig
@@ -182,8 +183,17 @@ def versus_env_only(
     of the same env ids, interleaved update by update, or with rollout workers (which would go
     on collecting during a baseline block) half the blocks before training and half after:
     (trainer entry, env-only entry) of the results."""
+    # No periodic evaluation (and one final episode): its cost depends on how long the policy's
+    # episodes last, which varies from run to run, and it had made up to a third of the
+    # trainer's time here (20 episodes every 50k steps), hiding the loop's own speed.
     config = TrainConfig(
-        **{"quiet": True, "eval_episodes": 1, **settings.trainer_overrides, **overrides}
+        **{
+            "quiet": True,
+            "eval_episodes": 1,
+            "eval_interval": 0,
+            **settings.trainer_overrides,
+            **overrides,
+        }
     )
     interleave = config.rollout_workers == 0
     config.total_steps = settings.trainer_updates * config.num_envs * config.num_steps
@@ -200,6 +210,9 @@ def versus_env_only(
             envs.step(row)
         return actions.size
 
+    # One core: this process's threads (the bench's --threads). The whole machine: the
+    # trainer's own (--torch-threads 0 by default).
+    threads = torch.get_num_threads() if interleave else training_threads(config)
     if interleave:
         window, trainer_rate, env_rate = train_interleaved(config, out, env_only, envs.close)
         per_update = [
@@ -209,8 +222,7 @@ def versus_env_only(
     else:
         count = max(settings.trainer_updates // 2, 1)
         before = _timed_blocks(env_only, count)
-        # The whole machine: the trainer's own torch threads (--torch-threads 0 by default).
-        with using_threads(training_threads(config)):
+        with using_threads(threads):
             window, trainer_rate, _ = train_interleaved(config, out, lambda: 0, lambda: None)
         after = _timed_blocks(env_only, count)
         envs.close()
@@ -218,17 +230,19 @@ def versus_env_only(
         pairing = {"env_only_before_after": [before[0] / before[1], after[0] / after[1]]}
     log(
         f"  trainer {trainer_rate:,.0f} steps/s, env only {env_rate:,.0f} steps/s over "
-        f"{len(window)} {'interleaved ' if interleave else ''}updates"
+        f"{len(window)} {'interleaved ' if interleave else ''}updates, {threads} torch "
+        f"thread{'s' if threads > 1 else ''}"
     )
     trainer = {
         "steps_per_s": trainer_rate,
         "ratio_to_env": trainer_rate / env_rate,
         **pairing,
         "updates": len(window),
+        "torch_threads": threads,
         "config": {
             k: v
             for k, v in dataclasses.asdict(config).items()
-            if k not in ("out", "quiet", "eval_episodes", "total_steps")
+            if k not in ("out", "quiet", "eval_episodes", "eval_interval", "total_steps")
         },
     }
     return trainer, {"steps_per_s": env_rate, "actions": "uniform random", "backend": "gymnasium"}
