@@ -25,6 +25,10 @@ TORCH_LIBRARY(pylander, m) {
   // The tanh MLP actor and critic of --algo reinforce (csrc/composite/actor_critic.cpp).
   m.def("policy_sample(Tensor obs, Tensor[] actor, Tensor? obs_mean, Tensor? obs_var,"
         " float obs_clip, Generator? generator=None) -> (Tensor actions, Tensor log_probs)");
+  // Greedy actions (argmax of the logits) of the same policy, the logits bit for bit those of
+  // ActorCritic.logits on every device: evaluation's per-step call.
+  m.def("policy_greedy(Tensor obs, Tensor[] actor, Tensor? obs_mean, Tensor? obs_var,"
+        " float obs_clip) -> Tensor");
   m.def("actor_critic_grads(Tensor obs, Tensor[] actor, Tensor[] critic, Tensor actions,"
         " Tensor advantages, Tensor old_log_probs, Tensor returns, float clip_coef,"
         " float ent_coef, float vf_coef, float scale)"

@@ -24,6 +24,7 @@ from pylander import ops
 from pylander.checkpoint import CheckpointError, load_checkpoint
 from pylander.envs import check_spaces, make_env, resolve_env_id
 from pylander.forked import map_forked
+from pylander.policies import ActorCritic
 from pylander.split_env import usable_cores
 
 LogitsFn = Callable[[Tensor], Tensor]
@@ -100,16 +101,26 @@ def _play(
             obs[i] = env.reset(seed=seeds[i])[0]
         running = dict.fromkeys(envs, 0.0)
         clock = dict.fromkeys(envs, 0)
+        # An ActorCritic plays its greedy actions through one native call a step (its CPU
+        # kernel's logits round differently from the module's, by ~1e-7 in float32), not the
+        # dozen op and module calls of logits_fn, which took longer than the env steps.
+        greedy = (
+            logits_fn.greedy() if isinstance(logits_fn, ActorCritic) and not stochastic else None
+        )
         while left:
-            logits = logits_fn(torch.as_tensor(obs, device=device))
+            batch = torch.as_tensor(obs, device=device)
             playing = list(left)
-            if stochastic:
+            if greedy is not None:
+                every = greedy(batch).tolist()
+                actions = [every[i] for i in playing]
+            elif stochastic:
+                logits = logits_fn(batch)
                 chosen = [
                     ops.sample_categorical(logits[i : i + 1], generators[i])[0] for i in playing
                 ]
                 actions = torch.cat(chosen).tolist()
             else:
-                actions = logits[playing].argmax(-1).tolist()
+                actions = logits_fn(batch)[playing].argmax(-1).tolist()
             for i, action in zip(playing, actions):
                 obs[i], reward, terminated, truncated, _ = envs[i].step(action)
                 running[i] += float(reward)

@@ -74,6 +74,12 @@ def _policy_sample_fake(obs, actor, obs_mean, obs_var, obs_clip, generator=None)
     return obs.new_empty((batch,), dtype=torch.long), obs.new_empty((batch,))
 
 
+@torch.library.register_fake("pylander::policy_greedy")
+def _policy_greedy_fake(obs, actor, obs_mean, obs_var, obs_clip):
+    _check_same_device(obs=obs, obs_mean=obs_mean, obs_var=obs_var)
+    return obs.new_empty((obs.shape[0],), dtype=torch.long)
+
+
 @torch.library.register_fake("pylander::actor_critic_grads")
 def _actor_critic_grads_fake(
     obs, actor, critic, actions, advantages, old_log_probs, returns, clip, ent, vf, scale

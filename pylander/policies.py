@@ -102,6 +102,11 @@ class ActorCritic(nn.Module):
         """The critic's ``[weight, bias]`` of each layer in turn; empty without a critic."""
         return [] if self.critic is None else list(self.critic.parameters())
 
+    def greedy(self) -> GreedyActor:
+        """The greedy actions (argmax of :meth:`logits`) as one native call per batch, with the
+        parameters looked up once: what evaluation plays."""
+        return GreedyActor(self)
+
     def act(self, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Sample actions ``[B]`` for ``obs`` ``[B, obs_size]``: normalisation, the actor and the
         sampler in one native call (``ops.policy_sample``), which computes what ``logits`` does
@@ -142,3 +147,15 @@ class ActionSampler:
         return ops.policy_sample_nograd(
             obs, self.actor, self.mean, self.var, self.clip, self.generator
         )[0]
+
+
+class GreedyActor(ActionSampler):
+    """``ActorCritic``'s greedy actions, ``ops.policy_greedy``, bound to its parameters as
+    :class:`ActionSampler` is (in-place updates are seen, replaced tensors are not)."""
+
+    def __init__(self, policy: ActorCritic):
+        super().__init__(policy)
+
+    def __call__(self, obs: Tensor) -> Tensor:
+        """Actions ``[B]`` for ``obs`` ``[B, obs_size]``."""
+        return ops.policy_greedy_nograd(obs, self.actor, self.mean, self.var, self.clip)

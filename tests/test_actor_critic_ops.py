@@ -1,5 +1,5 @@
 """The MLP ops of ``--algo reinforce`` on every device: ``policy_sample`` against the policy's
-own forward pass and the native sampler, ``actor_critic_grads`` against autograd through the
+own forward pass and the native sampler, ``policy_greedy`` against its argmax, ``actor_critic_grads`` against autograd through the
 loss written in torch (``bench.mlp.loss_by_autograd``, also the benchmark's baseline), opcheck,
 and bad input."""
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.library import opcheck
@@ -37,14 +38,23 @@ def policy(hidden, dtype, device, normalize=False, critic=True, seed=0) -> Actor
     return net.to(device=device, dtype=dtype)
 
 
+def over_policies(test):
+    """Parametrise ``test`` over hidden sizes, batch sizes, and with and without normalisation."""
+    for name, values, ids in [
+        ("normalize", [False, True], ["raw", "normalized"]),
+        ("B", [1, 16, 37], None),
+        ("hidden", SHAPES, str),
+    ]:
+        test = pytest.mark.parametrize(name, values, ids=ids)(test)
+    return test
+
+
 def observations(B, dtype, device, seed=1):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(B, 6, generator=g, dtype=torch.float64) * 2).to(dtype).to(device)
 
 
-@pytest.mark.parametrize("hidden", SHAPES, ids=str)
-@pytest.mark.parametrize("B", [1, 16, 37])
-@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+@over_policies
 def test_policy_sample_is_the_policy_forward_then_the_sampler(hidden, B, normalize, dtype, device):
     net = policy(hidden, dtype, device, normalize)
     obs = observations(B, dtype, device)
@@ -60,6 +70,42 @@ def test_policy_sample_is_the_policy_forward_then_the_sampler(hidden, B, normali
     # Policy.act is this op.
     acts = net.act(obs, torch.Generator(device=device).manual_seed(5))
     assert torch.equal(acts, want[0])
+
+
+@over_policies
+def test_policy_greedy_is_the_argmax_of_the_policy_logits(hidden, B, normalize, dtype, device):
+    net = policy(hidden, dtype, device, normalize)
+    obs = observations(B, dtype, device)
+    with torch.no_grad():
+        want = net.logits(obs).argmax(-1)
+    assert torch.equal(net.greedy()(obs), want)
+    stats = net.normalizer
+    mean, var = (stats.mean, stats.var) if normalize else (None, None)
+    got = ops.policy_greedy(obs, net.actor_parameters(), mean, var, 10.0)
+    assert got.dtype == torch.long and torch.equal(got, want)
+    # The composite kernel (what CUDA runs) gives the module's logits bit for bit.
+    with torch.no_grad():
+        composite = OPS.policy_greedy.default.redispatch(
+            COMPOSITE, obs, net.actor_parameters(), mean, var, 10.0
+        )
+    assert torch.equal(composite, want)
+
+
+def test_evaluation_plays_the_greedy_op_and_gets_the_modules_returns():
+    from pylander.evaluate import evaluate
+
+    torch.manual_seed(0)
+    net = ActorCritic(4, 2, [16], critic=False)
+    for p in net.parameters():
+        p.data.normal_(0, 0.7)
+
+    class Module(torch.nn.Module):  # the same logits, without ActorCritic's greedy()
+        def forward(self, obs):
+            return net(obs)
+
+    fast = evaluate(net, "CartPole-v1", 6, 3, num_envs=3, processes=1)
+    slow = evaluate(Module(), "CartPole-v1", 6, 3, num_envs=3, processes=1)
+    assert fast.shape == (6,) and fast.std() > 0 and np.array_equal(fast, slow)
 
 
 def test_policy_sample_clips_normalised_observations(device):
@@ -166,6 +212,7 @@ def opcheck_cases(device, dtype):
     return [
         (OPS.policy_sample.default, (obs, big, None, None, 10.0, None)),
         (OPS.policy_sample.default, (obs, big, stats.mean, stats.var, 3.0, None)),
+        (OPS.policy_greedy.default, (obs, big, stats.mean, stats.var, 3.0)),
         (
             OPS.actor_critic_grads.default,
             (obs, detached(actor), detached(critic), actions, adv, old, adv, 0.2, 0.01, 0.5, 0.1),
@@ -177,7 +224,7 @@ def opcheck_cases(device, dtype):
     ]
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(5))
 def test_opcheck(case, dtype, device):
     op, args = opcheck_cases(device, dtype)[case]
     opcheck(op, args)
@@ -191,6 +238,7 @@ def bad_inputs():
     a, w = torch.zeros(3, dtype=torch.long), torch.zeros(3)
     old = torch.log_softmax(torch.zeros(3, 4), -1)
     sample = lambda *x: ops.policy_sample(*x)  # noqa: E731
+    greedy = lambda *x: ops.policy_greedy(*x)  # noqa: E731
     grads = lambda *x: ops.actor_critic_grads(*x, 0.2, 0.01, 0.5, 1.0)  # noqa: E731
     return [
         (lambda: sample(obs[0], actor), "`obs` must have shape [B, obs_size]"),
@@ -202,6 +250,8 @@ def bad_inputs():
         (lambda: sample(obs, [p.double() for p in actor]), "must have the dtype of `obs`"),
         (lambda: sample(obs, actor, mean, None), "give both `obs_mean` and `obs_var`"),
         (lambda: sample(obs, actor, mean[:2], var), "`obs_mean` must have shape [obs_size]"),
+        (lambda: greedy(obs[0], actor), "`obs` must have shape [B, obs_size]"),
+        (lambda: greedy(obs, actor[:3]), "the weight and bias of each layer in turn"),
         (lambda: grads(obs, actor, critic, a, w, old[:, :2], w), "`old_log_probs` must have"),
         (lambda: grads(obs, actor, actor, a, w, old, w), "the critic must have one output"),
         (lambda: grads(obs, actor, critic, a + 4, w, old, w), "`actions` must lie in [0, 4)"),
@@ -235,7 +285,7 @@ def test_the_narrower_vector_builds_compute_the_same(width):
     env = {**os.environ, "PYLANDER_VECTOR_BYTES": str(width)}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
-         "cpu and (match_autograd or policy_sample_is or composite or empty)",
+         "cpu and (match_autograd or policy_sample_is or policy_greedy or composite or empty)",
          str(tests / "test_actor_critic_ops.py")],
         env=env, capture_output=True, text=True, timeout=300, cwd=tests,
     )  # fmt: skip

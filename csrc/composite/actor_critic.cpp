@@ -1,7 +1,8 @@
 // The tanh MLP actor and critic of --algo reinforce, forward and backward, as two native calls:
 //
 // * policy_sample: normalise observations, run the actor and sample an action per row (the
-//   per-env-step inference path);
+//   per-env-step inference path); policy_greedy: the same forward pass, then the argmax
+//   (evaluation's);
 // * actor_critic_grads: one minibatch's loss (clipped surrogate, entropy bonus, value loss),
 //   its statistics and the gradients of every actor and critic parameter, by hand.
 //
@@ -76,6 +77,18 @@ std::tuple<at::Tensor, at::Tensor> policy_sample(const at::Tensor& obs, at::Tens
   return dispatch::sample_categorical(logits, generator);
 }
 
+// The argmax of ActorCritic.logits: the same ATen ops in the same order (nn.Linear is addmm on
+// a batch of rows), so the same logits. The CPU has its own kernel (csrc/cpu/policy_sample.cpp):
+// a dozen ATen calls took about as long as the module's (~130 us a step on a 2-vCPU VM, more
+// than a LunarLander step).
+at::Tensor policy_greedy(const at::Tensor& obs, at::TensorList actor,
+                         const std::optional<at::Tensor>& obs_mean,
+                         const std::optional<at::Tensor>& obs_var, double obs_clip) {
+  check_policy_inputs(obs, actor, obs_mean, obs_var);
+  const auto logits = mlp_forward(normalise(obs, obs_mean, obs_var, obs_clip), actor).output;
+  return logits.argmax(-1);
+}
+
 // Gradients of
 //   loss = scale * (sum_i pg_i - ent_coef * B * entropy + vf_coef * 0.5 * sum_i (v_i - R_i)^2)
 // with pg_i PPO's clipped surrogate term (clip_coef > 0) or -w_i log pi(a_i|s_i), and
@@ -122,6 +135,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> actor_c
 
 TORCH_LIBRARY_IMPL(pylander, CompositeExplicitAutograd, m) {
   m.impl("policy_sample", &policy_sample);
+  m.impl("policy_greedy", &policy_greedy);
   m.impl("actor_critic_grads", &actor_critic_grads);
 }
 
