@@ -22,6 +22,19 @@ if TYPE_CHECKING:
 
 MAX_AUTO_THREADS = 2
 
+_forked = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked
+    _forked = True
+
+
+# libgomp's thread pool does not survive a fork: in a child of a process that has run a
+# parallel region on several threads, torch hangs at its first parallel region with more than
+# one. So a forked process (the tests' ranks, a user's multiprocessing pool) keeps to one.
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 def available_cores() -> int:
     """The cores this process may run on (its CPU affinity, so ``taskset`` counts)."""
@@ -37,13 +50,14 @@ def training_threads(config: TrainConfig, processes: int = 1) -> int:
     The update does not have them while ``--collect-ahead``'s workers step envs beside it,
     when ``processes`` trainings share the cores (``--jobs``), or when ``OMP_NUM_THREADS`` caps
     the threads (torchrun sets it to 1 for several ranks on one machine, as ``--procs`` does).
-    ``--algo notebook`` takes one: its update is one small Adam scan per episode. Between updates
+    ``--algo notebook`` takes one: its update is one small Adam scan per episode, and so does a
+    forked process (see ``_after_fork_in_child``). Between updates
     the rollout workers (the default) or this process's own env steps take the cores, and the
     second thread sleeps.
     """
     if config.torch_threads > 0:
         return config.torch_threads
-    if config.collect_ahead or config.algo != "reinforce":
+    if config.collect_ahead or config.algo != "reinforce" or _forked:
         return 1
     limit = MAX_AUTO_THREADS
     omp = os.environ.get("OMP_NUM_THREADS", "")

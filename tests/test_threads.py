@@ -7,6 +7,7 @@ network's init runs on one. So one thread or two must give the same bits, op by 
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 import pytest
@@ -36,6 +37,24 @@ def test_training_threads(monkeypatch, settings, processes, cores, omp, expected
     monkeypatch.setattr(threads, "available_cores", lambda: cores)
     monkeypatch.setenv("OMP_NUM_THREADS", omp)
     assert training_threads(TrainConfig(**settings), processes) == expected
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+def test_a_forked_process_takes_one_thread(monkeypatch):
+    """In a fork of a process whose OpenMP pool has run, torch hangs at its first parallel region
+    on several threads; a forked trainer (a rank forked by a test) must keep to one."""
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert training_threads(TrainConfig()) == 2
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports what it would take, then leaves without pytest's teardown
+        os.write(writer, str(training_threads(TrainConfig())).encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(pid, 0)
+    assert os.read(reader, 8) == b"1"
+    os.close(reader)
 
 
 def test_negative_threads_are_a_clear_error():
