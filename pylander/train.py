@@ -278,6 +278,9 @@ def run_training(config: TrainConfig, *, resume: bool, main_rank: bool) -> int:
     from pylander.trainer import TrainingInterrupted, resolve_device, train
 
     out = config.resolved_out()
+    # Restored after: main() also runs inside other processes (the tests, a notebook), whose
+    # forked children would hang on more threads than they had (see pylander.threads).
+    threads = torch.get_num_threads()
     torch.set_num_threads(training_threads(config))
     try:
         init_from_env(resolve_device(config.device))
@@ -304,6 +307,7 @@ def run_training(config: TrainConfig, *, resume: bool, main_rank: bool) -> int:
         return 1
     finally:
         shutdown()
+        torch.set_num_threads(threads)
     return 0
 
 

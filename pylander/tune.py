@@ -48,14 +48,13 @@ def run_trials(search: Search, trials: int, worker: int = 0, processes: int = 1)
     """Run ``trials`` trials of the search in this process, one of ``processes`` running trials
     at once; a trial whose training fails (diverges, or its settings are invalid) is recorded as
     failed and the search goes on."""
-    import torch
 
     from pylander.algorithms import NonFiniteError
-    from pylander.threads import training_threads
+    from pylander.threads import training_threads, using_threads
 
-    torch.set_num_threads(training_threads(search.base, processes))
-    study = search.open_study(worker)
-    study.optimize(search.objective(), n_trials=trials, catch=(NonFiniteError, ValueError))
+    with using_threads(training_threads(search.base, processes)):
+        study = search.open_study(worker)
+        study.optimize(search.objective(), n_trials=trials, catch=(NonFiniteError, ValueError))
 
 
 def _worker(search: Search, trials: int, worker: int, processes: int, parent: int) -> None:

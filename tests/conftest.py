@@ -11,6 +11,18 @@ import torch
 torch.set_num_threads(1)
 os.environ.setdefault("PYLANDER_NO_TQDM", "1")
 
+
+@pytest.fixture(autouse=True)
+def _one_thread_after_each_test():
+    """pylander's entry points restore the thread count they set: in a fork of a process that
+    ran on several threads, torch hangs at its first parallel region (as the distributed tests'
+    forked ranks did when train's main() left two)."""
+    yield
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    assert threads == 1, f"the test left torch on {threads} threads"
+
+
 NO_CUDA = "no CUDA device: the CUDA kernels need a GPU"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
 # Op tests run once per device, as pytorch/extension-cpp's do. The CUDA params are collected
