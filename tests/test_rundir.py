@@ -192,9 +192,9 @@ def test_flags_given_with_resume_save_learning_settings_only(tmp_path, capsys):
     assert (saved.quiet, saved.log_interval, saved.torch_threads, saved.vector) == (
         True,
         1000,
-        1,
+        0,
         "sync",
-    )  # run-time settings: as the run started
+    )  # run-time settings: as the run started (torch_threads 0: chosen for the machine)
     assert TrainConfig.runtime_fields() == [
         "vector",
         "device",
