@@ -18,8 +18,8 @@ Semantics (``dones[t, n]`` is true when the step taken at ``t`` in env ``n`` end
 * ``policy_sample`` and ``actor_critic_grads``: the tanh MLP actor's sampling step and one
   minibatch's actor and critic gradients, each in one call (a composite kernel of ATen ops for
   any device, and plain CPU loops that take precedence there).
-* ``policy_greedy``: the same actor's greedy actions, its logits bit for bit those of the torch
-  module (composite only), for evaluation.
+* ``policy_greedy``: the same actor's greedy actions, for evaluation (the composite kernel gives
+  the torch module's logits bit for bit; the CPU kernel is ``policy_sample``'s loops).
 * ``notebook_act``: the notebook's ``PolicyNetwork.act``, on torch's global generator.
 * ``clip_grad_norms_``: per-group gradient-norm clipping in place, ``clip_grad_norm_``'s
   arithmetic (its bits, except on the CPU, whose kernel sums in float64).
@@ -214,9 +214,10 @@ def policy_greedy(
     obs_clip: float = 10.0,
 ) -> Tensor:
     """The greedy action of each row, ``argmax(mlp(x))`` (``x`` and ``mlp`` as in
-    :func:`policy_sample`), in one call: the logits are those of
-    :meth:`pylander.policies.ActorCritic.logits` bit for bit, on every device (ties go to the
-    first action, as ``argmax`` breaks them). No gradient flows."""
+    :func:`policy_sample`), in one call; ties go to the first action, as ``argmax`` breaks them.
+    The logits are those of :meth:`pylander.policies.ActorCritic.logits`: bit for bit on devices
+    other than the CPU, whose kernel (``policy_sample``'s loops) rounds differently, by ~1e-7 in
+    float32, so an action at the edge between two can rarely differ. No gradient flows."""
     with torch.no_grad():
         return _ops.policy_greedy(obs, actor, obs_mean, obs_var, float(obs_clip))
 

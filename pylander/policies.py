@@ -153,9 +153,6 @@ class GreedyActor(ActionSampler):
     """``ActorCritic``'s greedy actions, ``ops.policy_greedy``, bound to its parameters as
     :class:`ActionSampler` is (in-place updates are seen, replaced tensors are not)."""
 
-    def __init__(self, policy: ActorCritic):
-        super().__init__(policy)
-
     def __call__(self, obs: Tensor) -> Tensor:
         """Actions ``[B]`` for ``obs`` ``[B, obs_size]``."""
         return ops.policy_greedy_nograd(obs, self.actor, self.mean, self.var, self.clip)

@@ -26,6 +26,8 @@ import weakref
 import gymnasium as gym
 import numpy as np
 
+from pylander.threads import available_cores
+
 _STEP, _RESET, _CLOSE = b"s", b"r", b"c"
 # Forked, so the worker inherits the shared buffers and their views; it runs only gymnasium code,
 # as AsyncVectorEnv's workers do.
@@ -34,11 +36,7 @@ _CONTEXT = mp.get_context("fork")
 
 def usable_cores() -> int:
     """CPUs this process may run on, shared among the local ranks (``--procs`` / torchrun)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return max(available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
 
 
 def resolve_vector_mode(mode: str, num_envs: int) -> str:

@@ -269,46 +269,43 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_training(config: TrainConfig, *, resume: bool, main_rank: bool) -> int:
     """Train in this process (one rank of several, under torchrun); returns the exit status."""
-    import torch
 
     from pylander.algorithms import NonFiniteError
     from pylander.checkpoint import CheckpointError
     from pylander.distributed import DistributedError, init_from_env, shutdown
-    from pylander.threads import training_threads
+    from pylander.threads import training_threads, using_threads
     from pylander.trainer import TrainingInterrupted, resolve_device, train
 
     out = config.resolved_out()
     # Restored after: main() also runs inside other processes (the tests, a notebook), whose
     # forked children would hang on more threads than they had (see pylander.threads).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(training_threads(config))
-    try:
-        init_from_env(resolve_device(config.device))
-        train(config, resume=resume)
-    except TrainingInterrupted as stop:
-        if main_rank:
-            print(stop, file=sys.stderr)
-        return 128 + stop.signum
-    except KeyboardInterrupt:  # a second signal, or one before training started
-        saved = out / "checkpoint.pt"
-        hint = (
-            f"{saved} holds the last checkpoint saved. Resume with: python -m pylander.train "
-            f"--resume {out}"
-            if saved.is_file()
-            else "no checkpoint was saved"
-        )
-        if main_rank:
-            print(f"interrupted at once; {hint}", file=sys.stderr)
-        return 128 + signal.SIGINT
-    # OSError: e.g. the disk filled up (checkpoint.atomic_write names the file) or the run
-    # directory went away. RunDirectoryError is a ValueError.
-    except (ValueError, CheckpointError, NonFiniteError, DistributedError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        shutdown()
-        torch.set_num_threads(threads)
-    return 0
+    with using_threads(training_threads(config)):
+        try:
+            init_from_env(resolve_device(config.device))
+            train(config, resume=resume)
+        except TrainingInterrupted as stop:
+            if main_rank:
+                print(stop, file=sys.stderr)
+            return 128 + stop.signum
+        except KeyboardInterrupt:  # a second signal, or one before training started
+            saved = out / "checkpoint.pt"
+            hint = (
+                f"{saved} holds the last checkpoint saved. Resume with: python -m pylander.train "
+                f"--resume {out}"
+                if saved.is_file()
+                else "no checkpoint was saved"
+            )
+            if main_rank:
+                print(f"interrupted at once; {hint}", file=sys.stderr)
+            return 128 + signal.SIGINT
+        # OSError: e.g. the disk filled up (checkpoint.atomic_write names the file) or the run
+        # directory went away. RunDirectoryError is a ValueError.
+        except (ValueError, CheckpointError, NonFiniteError, DistributedError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            shutdown()
+        return 0
 
 
 class _CallableModule(types.ModuleType):
