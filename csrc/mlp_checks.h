@@ -1,4 +1,4 @@
-// Input validation of the MLP ops (policy_sample, actor_critic_grads), shared by their kernels.
+// Input validation of the MLP ops (policy_sample, actor_critic_forward, actor_critic_grads), shared by their kernels.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -59,6 +59,16 @@ inline void check_policy_inputs(const at::Tensor& obs, at::TensorList actor,
   }
 }
 
+// The actor, and the critic (one output) unless it is empty, both fed `obs`.
+inline void check_networks(const at::Tensor& obs, at::TensorList actor, at::TensorList critic) {
+  check_obs(obs);
+  check_mlp(actor, obs, "actor");
+  if (critic.empty()) return;
+  check_mlp(critic, obs, "critic");
+  const int64_t outputs = critic[critic.size() - 2].size(0);
+  TORCH_CHECK(outputs == 1, "pylander: the critic must have one output, got ", num(outputs));
+}
+
 // actor_critic_grads' inputs, checked in one order by every kernel before any arithmetic.
 inline void check_actor_critic_inputs(const at::Tensor& obs, at::TensorList actor,
                                       at::TensorList critic, const at::Tensor& actions,
@@ -66,9 +76,7 @@ inline void check_actor_critic_inputs(const at::Tensor& obs, at::TensorList acto
                                       const at::Tensor& old_log_probs, const at::Tensor& returns,
                                       double clip_coef, double ent_coef, double vf_coef,
                                       double scale) {
-  check_obs(obs);
-  check_mlp(actor, obs, "actor");
-  if (!critic.empty()) check_mlp(critic, obs, "critic");
+  check_networks(obs, actor, critic);
   // The actor's logits' shape, dtype and device, which pg_loss's checks compare against.
   const auto logits = at::empty({obs.size(0), actor[actor.size() - 2].size(0)}, obs.options());
   check_same_shape(old_log_probs, logits, "old_log_probs", "the actor's logits");
@@ -81,8 +89,6 @@ inline void check_actor_critic_inputs(const at::Tensor& obs, at::TensorList acto
   // A column of old_log_probs stands in for the chosen actions' ([B], its dtype and device).
   check_clip_inputs(logits, old_log_probs.select(1, 0), clip_coef);
   if (critic.empty()) return;
-  const int64_t outputs = critic[critic.size() - 2].size(0);
-  TORCH_CHECK(outputs == 1, "pylander: the critic must have one output, got ", num(outputs));
   check_same_shape(returns, advantages, "returns", "advantages");
   check_same_device(returns, obs, "returns", "obs");
 }

@@ -29,6 +29,10 @@ TORCH_LIBRARY(pylander, m) {
   // ActorCritic.logits on every device: evaluation's per-step call.
   m.def("policy_greedy(Tensor obs, Tensor[] actor, Tensor? obs_mean, Tensor? obs_var,"
         " float obs_clip) -> Tensor");
+  // The whole batch's log-softmax of the actor and values of the critic (empty without one):
+  // the update's forward passes before and after its minibatches.
+  m.def("actor_critic_forward(Tensor obs, Tensor[] actor, Tensor[] critic)"
+        " -> (Tensor log_probs, Tensor values)");
   m.def("actor_critic_grads(Tensor obs, Tensor[] actor, Tensor[] critic, Tensor actions,"
         " Tensor advantages, Tensor old_log_probs, Tensor returns, float clip_coef,"
         " float ent_coef, float vf_coef, float scale)"

@@ -80,6 +80,13 @@ def _policy_greedy_fake(obs, actor, obs_mean, obs_var, obs_clip):
     return obs.new_empty((obs.shape[0],), dtype=torch.long)
 
 
+@torch.library.register_fake("pylander::actor_critic_forward")
+def _actor_critic_forward_fake(obs, actor, critic):
+    _check_same_device(obs=obs, **{f"actor[{i}]": p for i, p in enumerate(actor)})
+    values = obs.shape[0] if critic else 0
+    return obs.new_empty((obs.shape[0], actor[-2].shape[0])), obs.new_empty((values,))
+
+
 @torch.library.register_fake("pylander::actor_critic_grads")
 def _actor_critic_grads_fake(
     obs, actor, critic, actions, advantages, old_log_probs, returns, clip, ent, vf, scale

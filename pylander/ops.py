@@ -18,6 +18,8 @@ Semantics (``dones[t, n]`` is true when the step taken at ``t`` in env ``n`` end
 * ``policy_sample`` and ``actor_critic_grads``: the tanh MLP actor's sampling step and one
   minibatch's actor and critic gradients, each in one call (a composite kernel of ATen ops for
   any device, and plain CPU loops that take precedence there).
+* ``actor_critic_forward``: the actor's log-probabilities and the critic's values of a whole
+  batch, the update's forward passes (CPU loops, and a composite kernel with the module's bits).
 * ``policy_greedy``: the same actor's greedy actions, for evaluation (the composite kernel gives
   the torch module's logits bit for bit; the CPU kernel is ``policy_sample``'s loops).
 * ``notebook_act``: the notebook's ``PolicyNetwork.act``, on torch's global generator.
@@ -224,6 +226,26 @@ def policy_greedy(
 
 policy_greedy_nograd = _ops.policy_greedy
 """The op itself, for inputs that need no autograd: :func:`policy_greedy` without ``no_grad``."""
+
+
+def actor_critic_forward(
+    obs: Tensor, actor: list[Tensor], critic: list[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """The actor's log-probabilities and the critic's values of a whole batch, in one call.
+
+    Args:
+        obs: ``[B, obs_size]`` inputs of both networks (already normalised).
+        actor, critic: ``[weight_0, bias_0, ...]`` of each network's ``nn.Linear`` layers, tanh
+            between them, as in :func:`actor_critic_grads`; ``critic`` may be empty.
+
+    Returns:
+        ``(log_probs, values)``: ``[B, A]`` ``log_softmax(actor(obs))`` and ``[B]``
+        ``critic(obs)`` (``[0]`` without a critic). On the CPU, ``log_probs`` are computed as
+        :func:`actor_critic_grads`' CPU kernel computes them, and both differ from the module's
+        by rounding (~1e-7 in float32); other devices give the module's bits. No gradient flows.
+    """
+    with torch.no_grad():
+        return _ops.actor_critic_forward(obs, actor, critic)
 
 
 def actor_critic_grads(

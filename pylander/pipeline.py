@@ -36,6 +36,7 @@ import gymnasium as gym
 import torch
 from torch import Tensor
 
+from pylander import ops
 from pylander.policies import ActorCritic
 from pylander.rollout import Rollout, RolloutCollector
 from pylander.split_env import become_worker, stop_worker
@@ -205,9 +206,10 @@ class PipelinedCollector:
         """The log-probabilities of every action, ``[T * N, A]``, under the policy that collected
         ``rollout`` (the last collected): call it before the next :meth:`start`."""
         T, N = rollout.actions.shape
-        with torch.no_grad():
-            logits = self.behaviour(rollout.obs[:T].reshape(T * N, -1).cpu())
-        return torch.log_softmax(logits, -1).to(self.device)
+        with torch.no_grad():  # computed as the update computes the current policy's
+            inputs = self.behaviour.normalize(rollout.obs[:T].reshape(T * N, -1).cpu())
+        log_probs = ops.actor_critic_forward(inputs, self.behaviour.actor_parameters(), [])[0]
+        return log_probs.to(self.device)
 
     def reset(self, seed: int) -> None:
         """Fresh episodes from ``seed``, and the sampling generators reseeded from it; a rollout

@@ -1,5 +1,6 @@
 """The MLP ops of ``--algo reinforce`` on every device: ``policy_sample`` against the policy's
-own forward pass and the native sampler, ``policy_greedy`` against its argmax, ``actor_critic_grads`` against autograd through the
+own forward pass and the native sampler, ``policy_greedy`` against its argmax,
+``actor_critic_forward`` against the modules, ``actor_critic_grads`` against autograd through the
 loss written in torch (``bench.mlp.loss_by_autograd``, also the benchmark's baseline), opcheck,
 and bad input."""
 
@@ -89,6 +90,29 @@ def test_policy_greedy_is_the_argmax_of_the_policy_logits(hidden, B, normalize, 
             COMPOSITE, obs, net.actor_parameters(), mean, var, 10.0
         )
     assert torch.equal(composite, want)
+
+
+@pytest.mark.parametrize("hidden", SHAPES, ids=str)
+@pytest.mark.parametrize("B", [0, 1, 37, 600])  # 600: three blocks of rows on the CPU
+@pytest.mark.parametrize("critic", [True, False], ids=["critic", "no_critic"])
+def test_actor_critic_forward_is_the_modules_log_softmax_and_value(
+    hidden, B, critic, dtype, device
+):
+    net = policy(hidden, dtype, device, critic=critic)
+    obs = observations(B, dtype, device)
+    actor, critic_params = net.actor_parameters(), net.critic_parameters()
+    with torch.no_grad():
+        want = torch.log_softmax(net.actor(obs), -1), net.value(obs) if critic else obs.new_empty(0)
+    got = ops.actor_critic_forward(obs, actor, critic_params)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == dtype
+        torch.testing.assert_close(g, w, **tolerance(dtype))
+    # The composite kernel (what CUDA runs) gives the module's bits.
+    with torch.no_grad():
+        composite = OPS.actor_critic_forward.default.redispatch(
+            COMPOSITE, obs, actor, critic_params
+        )
+    assert all(torch.equal(c, w) for c, w in zip(composite, want))
 
 
 def test_evaluation_plays_the_greedy_op_and_gets_the_modules_returns():
@@ -213,6 +237,8 @@ def opcheck_cases(device, dtype):
         (OPS.policy_sample.default, (obs, big, None, None, 10.0, None)),
         (OPS.policy_sample.default, (obs, big, stats.mean, stats.var, 3.0, None)),
         (OPS.policy_greedy.default, (obs, big, stats.mean, stats.var, 3.0)),
+        (OPS.actor_critic_forward.default, (obs, detached(actor), detached(critic))),
+        (OPS.actor_critic_forward.default, (obs, detached(actor), [])),
         (
             OPS.actor_critic_grads.default,
             (obs, detached(actor), detached(critic), actions, adv, old, adv, 0.2, 0.01, 0.5, 0.1),
@@ -224,7 +250,7 @@ def opcheck_cases(device, dtype):
     ]
 
 
-@pytest.mark.parametrize("case", range(5))
+@pytest.mark.parametrize("case", range(7))
 def test_opcheck(case, dtype, device):
     op, args = opcheck_cases(device, dtype)[case]
     opcheck(op, args)
@@ -239,6 +265,7 @@ def bad_inputs():
     old = torch.log_softmax(torch.zeros(3, 4), -1)
     sample = lambda *x: ops.policy_sample(*x)  # noqa: E731
     greedy = lambda *x: ops.policy_greedy(*x)  # noqa: E731
+    forward = lambda *x: ops.actor_critic_forward(*x)  # noqa: E731
     grads = lambda *x: ops.actor_critic_grads(*x, 0.2, 0.01, 0.5, 1.0)  # noqa: E731
     return [
         (lambda: sample(obs[0], actor), "`obs` must have shape [B, obs_size]"),
@@ -252,6 +279,10 @@ def bad_inputs():
         (lambda: sample(obs, actor, mean[:2], var), "`obs_mean` must have shape [obs_size]"),
         (lambda: greedy(obs[0], actor), "`obs` must have shape [B, obs_size]"),
         (lambda: greedy(obs, actor[:3]), "the weight and bias of each layer in turn"),
+        (lambda: forward(obs[0], actor, critic), "`obs` must have shape [B, obs_size]"),
+        (lambda: forward(obs[:, :4], actor, critic), "`actor` layer 0 has weight [5, 6]"),
+        (lambda: forward(obs, actor, actor), "the critic must have one output"),
+        (lambda: forward(obs, actor, critic[:3]), "`critic` must be the weight and bias"),
         (lambda: grads(obs, actor, critic, a, w, old[:, :2], w), "`old_log_probs` must have"),
         (lambda: grads(obs, actor, actor, a, w, old, w), "the critic must have one output"),
         (lambda: grads(obs, actor, critic, a + 4, w, old, w), "`actions` must lie in [0, 4)"),
@@ -285,7 +316,8 @@ def test_the_narrower_vector_builds_compute_the_same(width):
     env = {**os.environ, "PYLANDER_VECTOR_BYTES": str(width)}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
-         "cpu and (match_autograd or policy_sample_is or policy_greedy or composite or empty)",
+         "cpu and (match_autograd or policy_sample_is or policy_greedy or forward_is or composite"
+         " or empty)",
          str(tests / "test_actor_critic_ops.py")],
         env=env, capture_output=True, text=True, timeout=300, cwd=tests,
     )  # fmt: skip

@@ -82,11 +82,11 @@ EPISODE_ADVANTAGES = {"truncated": [19.508, 13.9, 7.5], "terminated": [3.1784, -
 
 
 @pytest.mark.parametrize("end", ["truncated", "terminated"])
-def test_truncated_tails_bootstrap_from_the_critic(end, monkeypatch):
+def test_truncated_tails_bootstrap_from_the_critic(end):
     algo = make_algo(length=3, truncate=end == "truncated", num_steps=7)
-    monkeypatch.setattr(algo.policy, "value", lambda obs: 10.0 * obs[..., 0] + 5.0)
     rollout = algo.collector.collect()
-    advantages, returns, mask = algo.advantages(rollout)
+    critic_values = 10.0 * rollout.obs[..., 0] + 5.0  # [T + 1, N], as the update passes them
+    advantages, returns, mask = algo.advantages(rollout, critic_values)
     # Steps 0-2 and 4-6 are two episodes, ending at steps 2 and 6 (the rollout's last step, whose
     # final observation is obs[T]); step 3 is the autoreset and is left out of the loss.
     assert getattr(rollout, end)[[2, 6]].all()
@@ -96,6 +96,17 @@ def test_truncated_tails_bootstrap_from_the_critic(end, monkeypatch):
     torch.testing.assert_close(advantages[mask].view(6, 2), want)
     values = torch.tensor([5.0, 15.0, 25.0] * 2)[:, None]
     torch.testing.assert_close(returns[mask].view(6, 2), want + values)
+
+
+def test_advantages_take_the_critics_values_when_none_are_given():
+    algo = make_algo(length=3, truncate=True, num_steps=7)
+    rollout = algo.collector.collect()
+    with torch.no_grad():
+        critic_values = algo.policy.value(rollout.obs.flatten(0, 1)).view(8, 2)
+    given, computed = algo.advantages(rollout, critic_values), algo.advantages(rollout)
+    for a, b in zip(given, computed):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(given[0], algo.advantages(rollout, critic_values + 1.0)[0])
 
 
 def test_returns_without_critic_drop_unfinished_tails():

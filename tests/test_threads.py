@@ -107,6 +107,19 @@ def test_actor_critic_grads_are_the_same_on_one_and_two_threads(rows, with_criti
         assert torch.equal(one, two)
 
 
+@pytest.mark.parametrize("rows", [7, 600])
+def test_actor_critic_forward_is_the_same_on_one_and_two_threads(rows):
+    g = torch.Generator().manual_seed(rows)
+    args = (torch.randn(rows, 8, generator=g), _mlp([8, 64, 64, 4], g), _mlp([8, 64, 64, 1], g))
+    results = []
+    for n in (1, 2):
+        with using_threads(n):
+            results.append(ops.actor_critic_forward(*args))
+    assert results[0][0].shape == (rows, 4) and results[0][1].shape == (rows,)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+
+
 def test_a_run_is_the_same_on_one_and_two_threads(tmp_path):
     settings = dict(
         env_id="LunarLander-v3",

@@ -1,8 +1,10 @@
-// The tanh MLP actor and critic of --algo reinforce, forward and backward, as two native calls:
+// The tanh MLP actor and critic of --algo reinforce, forward and backward, as native calls:
 //
 // * policy_sample: normalise observations, run the actor and sample an action per row (the
 //   per-env-step inference path); policy_greedy: the same forward pass, then the argmax
 //   (evaluation's);
+// * actor_critic_forward: the whole batch's log-probabilities and values, before and after an
+//   update;
 // * actor_critic_grads: one minibatch's loss (clipped surrogate, entropy bonus, value loss),
 //   its statistics and the gradients of every actor and critic parameter, by hand.
 //
@@ -89,6 +91,17 @@ at::Tensor policy_greedy(const at::Tensor& obs, at::TensorList actor,
   return logits.argmax(-1);
 }
 
+// log_softmax(ActorCritic.actor(obs)) and ActorCritic.critic(obs).squeeze(1) (an empty tensor
+// without a critic): the module's ATen ops, so its bits.
+std::tuple<at::Tensor, at::Tensor> actor_critic_forward(const at::Tensor& obs,
+                                                        at::TensorList actor,
+                                                        at::TensorList critic) {
+  check_networks(obs, actor, critic);
+  auto log_probs = at::log_softmax(mlp_forward(obs, actor).output, 1);
+  auto values = critic.empty() ? obs.new_empty({0}) : mlp_forward(obs, critic).output.squeeze(1);
+  return {std::move(log_probs), std::move(values)};
+}
+
 // Gradients of
 //   loss = scale * (sum_i pg_i - ent_coef * B * entropy + vf_coef * 0.5 * sum_i (v_i - R_i)^2)
 // with pg_i PPO's clipped surrogate term (clip_coef > 0) or -w_i log pi(a_i|s_i), and
@@ -136,6 +149,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> actor_c
 TORCH_LIBRARY_IMPL(pylander, CompositeExplicitAutograd, m) {
   m.impl("policy_sample", &policy_sample);
   m.impl("policy_greedy", &policy_greedy);
+  m.impl("actor_critic_forward", &actor_critic_forward);
   m.impl("actor_critic_grads", &actor_critic_grads);
 }
 

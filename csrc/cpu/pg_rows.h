@@ -111,6 +111,23 @@ inline void log_sums(Block& block, int64_t rows, int64_t A) {
   fast_math::log_positive(block.row_a.data(), rows);
 }
 
+// out[r, j] = log_softmax(z[r])_j for rows [0, n): log pi exactly as the loss's passes compute
+// it (z - max - log S, in double), rounded to scalar_t.
+template <typename scalar_t>
+void log_softmax_rows(const scalar_t* z, int64_t A, int64_t n, scalar_t* out) {
+  Block block(A);
+  for (int64_t b = 0; b < n; b += block.rows) {
+    const int64_t rows = std::min(block.rows, n - b);
+    shifted_exps(z, A, b, rows, block);
+    log_sums(block, rows, A);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; j < A; ++j) {
+        out[(b + r) * A + j] = static_cast<scalar_t>(block.shifted[r * A + j] - block.row_a[r]);
+      }
+    }
+  }
+}
+
 struct RowStats {
   double loss = 0.0;
   double entropy = 0.0;

@@ -17,7 +17,7 @@
 #include "../checks.h"
 #include "../dispatch.h"
 #include "../mlp_checks.h"
-#include "mlp_loops.h"
+#include "mlp_forward.h"
 
 namespace pylander {
 namespace {
@@ -27,7 +27,7 @@ at::Tensor actor_logits(const at::Tensor& obs, at::TensorList actor,
                         const std::optional<at::Tensor>& obs_mean,
                         const std::optional<at::Tensor>& obs_var, double obs_clip) {
   check_policy_inputs(obs, actor, obs_mean, obs_var);
-  const int64_t B = obs.size(0), layers = static_cast<int64_t>(actor.size() / 2);
+  const int64_t B = obs.size(0);
   const auto x = obs.contiguous();
   auto logits = at::empty({B, actor[actor.size() - 2].size(0)}, obs.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "actor_logits_cpu", [&] {
@@ -50,17 +50,8 @@ at::Tensor actor_logits(const at::Tensor& obs, at::TensorList actor,
         }
       }
     }
-    std::vector<scalar_t> output;
-    for (int64_t l = 0; l < layers; ++l) {
-      const auto weight = actor[2 * l].contiguous();
-      const auto bias = actor[2 * l + 1].contiguous();
-      const int64_t out = weight.size(0), width = weight.size(1);
-      output.resize(out * rows);
-      linear_transposed(input.data(), weight.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
-                        width, out, rows, output.data());
-      if (l + 1 < layers) tanh_inplace(output.data(), out * rows);
-      input.swap(output);
-    }
+    std::vector<scalar_t> scratch;
+    forward_transposed(contiguous_params(actor), rows, input, scratch);
     scalar_t* z = logits.data_ptr<scalar_t>();
     const int64_t A = logits.size(1);
     for (int64_t r = 0; r < B; ++r) {

@@ -23,27 +23,25 @@ class FusedAdamStep:
         if len({(p.device, p.dtype) for p in group["params"]}) != 1:
             raise ValueError("FusedAdamStep needs every parameter on one device, in one dtype")
         self.optimizer = optimizer
-        self._counters: list[torch.Tensor] = []  # views of self._steps, once made
+        self._made_for: tuple[dict, dict] | None = None  # the (state, group) of the lists below
+        self._steps = torch.zeros(0)
 
     def step(self) -> None:
-        # The group is read on every step: optimizer.load_state_dict replaces it (a resume), and
-        # the learning-rate schedule writes to the new one.
+        # The group is read on every step: optimizer.load_state_dict replaces it and the state
+        # (a resume), and the learning-rate schedule writes to the new one.
         (group,) = self.optimizer.param_groups
-        params, state = group["params"], self.optimizer.state
-        if any(p not in state for p in params):
+        if not self._made_for_now(group) and not self._gather_state(group):
             self.optimizer.step()  # the first step creates the state
             return
-        states = [state[p] for p in params]
-        steps = self._step_counters(states)
         self._steps.add_(1)
         beta1, beta2 = group["betas"]
         torch._fused_adam_(
-            params,
-            [p.grad for p in params],
-            [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states],
+            self._params,
+            [p.grad for p in self._params],
+            self._exp_avgs,
+            self._exp_avg_sqs,
             [],
-            steps,
+            self._counters,
             amsgrad=False,
             lr=group["lr"],
             beta1=beta1,
@@ -55,16 +53,27 @@ class FusedAdamStep:
             found_inf=None,
         )
 
-    def _step_counters(self, states: list[dict]) -> list[torch.Tensor]:
-        """Each parameter's step counter, made a view of one tensor so that one add advances
-        them all: ``torch._foreach_add_`` over a dozen scalars took as long as the fused kernel.
-        Made again whenever the state holds other tensors (the first step, a load_state_dict)."""
-        steps = [s["step"] for s in states]
-        if len(steps) != len(self._counters) or any(
-            a is not b for a, b in zip(steps, self._counters)
-        ):
-            self._steps = torch.stack(steps)
-            self._counters = list(self._steps.unbind())
-            for s, counter in zip(states, self._counters):
-                s["step"] = counter
-        return self._counters
+    def _made_for_now(self, group: dict) -> bool:
+        made_for = self._made_for  # by identity: == would compare the dicts' tensors
+        return made_for is not None and made_for[0] is self.optimizer.state and made_for[1] is group
+
+    def _gather_state(self, group: dict) -> bool:
+        """Make the lists of the state's tensors that every step passes to the kernel, once per
+        state (the first step's, a ``load_state_dict``'s); False while there is no state yet.
+
+        The step counters become views of one tensor, so that one add advances them all:
+        ``torch._foreach_add_`` over a dozen scalars took as long as the fused kernel. Rebuilding
+        the lists on every step (a dozen dict lookups and tensor hashes) took twice as long."""
+        params, state = group["params"], self.optimizer.state
+        if any(p not in state for p in params):
+            return False
+        states = [state[p] for p in params]
+        self._steps = torch.stack([s["step"] for s in states])
+        self._counters = list(self._steps.unbind())
+        for s, counter in zip(states, self._counters):
+            s["step"] = counter
+        self._params = list(params)
+        self._exp_avgs = [s["exp_avg"] for s in states]
+        self._exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        self._made_for = (state, group)
+        return True

@@ -155,8 +155,13 @@ class Reinforce:
         self.updates += 1
         return Iteration(rollout.num_steps, self.collector.pop_finished(), metrics)
 
-    def advantages(self, rollout: Rollout) -> tuple[Tensor, Tensor, Tensor]:
-        """Return ``(advantages, returns, mask)``, each ``[T, N]``; the loss uses ``mask`` steps."""
+    def advantages(
+        self, rollout: Rollout, values: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``(advantages, returns, mask)``, each ``[T, N]``; the loss uses ``mask`` steps.
+
+        ``values``: the critic's ``[T + 1, N]`` values of ``rollout.obs``, when already computed
+        (``baseline="value"``)."""
         cfg, dev = self.config, self.device
         T, N = rollout.actions.shape
         rewards = rollout.rewards.to(dev) * cfg.reward_scale
@@ -165,8 +170,9 @@ class Reinforce:
         # Autoreset steps end their (empty) transition too, so nothing leaks across episodes.
         dones = terminated | truncated | ~valid
         if cfg.baseline == "value":
-            with torch.no_grad():
-                values = self.policy.value(rollout.obs.reshape((T + 1) * N, -1)).view(T + 1, N)
+            if values is None:
+                inputs = self.policy.normalize(rollout.obs.reshape((T + 1) * N, -1))
+                values = self._forward(inputs)[1].view(T + 1, N)
             # The final observation of an episode is stored at the step after it (autoreset).
             time_limited = truncated & ~terminated
             rewards = rewards + cfg.gamma * time_limited * values[1:]
@@ -201,9 +207,15 @@ class Reinforce:
         would make with N * E envs on the same episodes.
         """
         cfg, comm = self.config, self.comm
-        advantages, returns, mask = self.advantages(rollout)
         T, N = rollout.actions.shape
-        obs = rollout.obs[:T].reshape(T * N, -1)
+        # One native forward pass over every observation, the last included (the critic's
+        # bootstrap); the normaliser's statistics are fixed for the whole update.
+        with torch.no_grad():
+            inputs = self.policy.normalize(rollout.obs.reshape((T + 1) * N, -1))
+        log_probs, all_values = self._forward(inputs)
+        critic_values = all_values.view(T + 1, N) if self.policy.critic is not None else None
+        advantages, returns, mask = self.advantages(rollout, critic_values)
+        inputs, old_log_probs = inputs[: T * N], log_probs[: T * N]
         actions = rollout.actions.to(self.device).flatten()
         advantages, returns = advantages.flatten(), returns.flatten()
         values = returns - advantages  # the critic's estimates (before normalisation)
@@ -214,13 +226,10 @@ class Reinforce:
         if cfg.normalize_advantages and count > 1:
             advantages = (advantages - mean) / (std + 1e-8)
         batches = comm.minibatches(mask, cfg.epochs, cfg.minibatches, self.shuffle_generator)
-        with torch.no_grad():  # the normaliser's statistics are fixed for the whole update
-            inputs = self.policy.normalize(obs)
-            old_log_probs = torch.log_softmax(self.policy.actor(inputs), -1)
-            weights = None
-            if behaviour_log_probs is not None:
-                weights = self._behaviour_weights(old_log_probs, behaviour_log_probs, actions)
-                advantages = advantages * weights
+        weights = None
+        if behaviour_log_probs is not None:
+            weights = self._behaviour_weights(old_log_probs, behaviour_log_probs, actions)
+            advantages = advantages * weights
         samples = self._gather(batches, inputs, actions, advantages, old_log_probs, returns)
 
         actor, critic = self.policy.actor_parameters(), self.policy.critic_parameters()
@@ -256,13 +265,12 @@ class Reinforce:
             taken.append((stats, grad_norm, global_size, len(batch[1])))
         check_parameters(self.policy, self.updates + 1)
         policy_loss, value_loss, entropy, clip_fraction, grad_norm = self._mean_statistics(taken)
-        with torch.no_grad():
-            new_logits = self.policy.actor(inputs[index])
+        new_log_probs = ops.actor_critic_forward(inputs[index], actor, [])[0]
         metrics = {
             "policy_loss": policy_loss,
             "entropy": entropy,
             "grad_norm": grad_norm,
-            "approx_kl": self._kl(old_log_probs[index], new_logits, count),
+            "approx_kl": self._kl(old_log_probs[index], new_log_probs, count),
             "minibatches": len(taken),
             "clip_fraction": clip_fraction,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
@@ -316,11 +324,15 @@ class Reinforce:
         mean = sums / n
         self.policy.normalizer.merge(float(n), mean, (squares / n - mean.pow(2)).clamp_min(0.0))
 
-    def _kl(self, old_log_probs: Tensor, logits: Tensor, global_size: float) -> float:
-        """Mean KL(old policy || current policy) over a minibatch, across all ranks."""
-        with torch.no_grad():
-            new_log_probs = torch.log_softmax(logits, -1)
-            kl = (old_log_probs.exp() * (old_log_probs - new_log_probs)).sum()
+    def _forward(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """The actor's log-probabilities and the critic's values of normalised ``inputs``."""
+        return ops.actor_critic_forward(
+            inputs, self.policy.actor_parameters(), self.policy.critic_parameters()
+        )
+
+    def _kl(self, old_log_probs: Tensor, new_log_probs: Tensor, global_size: float) -> float:
+        """Mean KL(old policy || current policy) over a batch, across all ranks."""
+        kl = (old_log_probs.exp() * (old_log_probs - new_log_probs)).sum()
         return self.comm.sum(kl).item() / global_size
 
     def _explained_variance(self, values: Tensor, returns: Tensor) -> float:
