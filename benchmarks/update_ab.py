@@ -8,8 +8,8 @@
 update. Both versions run in one process, so both see the same machine and the same cache
 pressure from the env steps in between. ``--compare``:
 
-* ``kernels``: the update's two native calls, ``actor_critic_grads`` and ``clip_grad_norms_``,
-  through their composite kernels (ATen calls from C++, what CUDA runs and what the CPU ran
+* ``kernels``: the update's native calls, ``actor_critic_forward``, ``actor_critic_grads`` and
+  ``clip_grad_norms_``, through their composite kernels (ATen calls from C++, what CUDA runs and what the CPU ran
   before it had its own kernels) against their CPU kernels (the default on the CPU), on one
   torch thread;
 * ``threads``: one torch thread against two (what ``--torch-threads 0`` picks on two free
@@ -36,8 +36,14 @@ from pylander.config import TrainConfig
 from pylander.distributed import Collective
 from pylander.threads import using_threads
 
+FORWARD = torch.ops.pylander.actor_critic_forward.default
 GRADS = torch.ops.pylander.actor_critic_grads.default
 CLIP = torch.ops.pylander.clip_grad_norms_.default
+
+
+def composite_forward(*args):
+    with torch.no_grad():
+        return FORWARD.redispatch(COMPOSITE, *args)
 
 
 def composite_grads(*args):
@@ -51,20 +57,22 @@ def composite_clip(grads, group_sizes, max_norm):
 
 
 @contextlib.contextmanager
-def native_calls(grads: Callable, clip: Callable):
-    original = ops.actor_critic_grads, ops.clip_grad_norms_
-    ops.actor_critic_grads, ops.clip_grad_norms_ = grads, clip
+def native_calls(forward: Callable, grads: Callable, clip: Callable):
+    original = ops.actor_critic_forward, ops.actor_critic_grads, ops.clip_grad_norms_
+    ops.actor_critic_forward, ops.actor_critic_grads, ops.clip_grad_norms_ = forward, grads, clip
     try:
         with using_threads(1):
             yield
     finally:
-        ops.actor_critic_grads, ops.clip_grad_norms_ = original
+        ops.actor_critic_forward, ops.actor_critic_grads, ops.clip_grad_norms_ = original
 
 
 COMPARISONS: dict[str, dict[str, Callable[[], contextlib.AbstractContextManager]]] = {
     "kernels": {
-        "composite": lambda: native_calls(composite_grads, composite_clip),
-        "cpu": lambda: native_calls(ops.actor_critic_grads, ops.clip_grad_norms_),
+        "composite": lambda: native_calls(composite_forward, composite_grads, composite_clip),
+        "cpu": lambda: native_calls(
+            ops.actor_critic_forward, ops.actor_critic_grads, ops.clip_grad_norms_
+        ),
     },
     "threads": {"1 thread": lambda: using_threads(1), "2 threads": lambda: using_threads(2)},
 }

@@ -104,15 +104,18 @@ class NotebookReinforce:
         weights = cfg.alpha * cfg.gamma ** torch.arange(T, dtype=torch.float64) * returns
         with torch.no_grad():
             pre_activation = layer(obs)
-        logits = pre_activation.relu().requires_grad_()
-        # The notebook differentiates log(softmax + 1e-9); that is log_softmax's gradient scaled by
-        # p_a / (p_a + 1e-9), folded into the weights so the result is exact.
-        with torch.no_grad():
+            logits = pre_activation.relu()
+            # The notebook differentiates log(softmax + 1e-9); that is log_softmax's gradient
+            # scaled by p_a / (p_a + 1e-9), folded into the weights so the result is exact.
             p_chosen = torch.softmax(logits, -1).gather(1, actions[:, None]).squeeze(1)
-        weights = (weights * p_chosen / (p_chosen + 1e-9)).to(logits.dtype)
-        # With reduction="sum" row t of d(loss)/d(logits) is step t's own gradient.
-        loss, entropy = ops.pg_loss(logits, actions, weights, "sum")
-        (grad_logits,) = torch.autograd.grad(loss, logits)
+            weights = (weights * p_chosen / (p_chosen + 1e-9)).to(logits.dtype)
+            loss, entropy, _ = torch.ops.pylander.pg_loss(logits, actions, weights, "sum")
+            # With reduction="sum" row t of d(loss)/d(logits) is step t's own gradient: the
+            # backward kernel called as autograd would call it, without building the graph.
+            one, zero = torch.ones((), dtype=logits.dtype), torch.zeros((), dtype=logits.dtype)
+            grad_logits = torch.ops.pylander.pg_loss_backward(
+                one, zero, logits, actions, weights, "sum"
+            )
         delta = grad_logits * (pre_activation > 0)
         return delta[:, :, None] * obs[:, None, :], delta, loss.item(), entropy.item()
 

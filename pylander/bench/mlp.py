@@ -2,6 +2,9 @@
 
 * ``policy_sample`` (16 rows: one env step of the default 16 envs) against the policy's
   forward pass in torch (``ActorCritic.logits``) plus ``sample_categorical``;
+* ``actor_critic_forward`` (2,064 rows: the default rollout's observations, the last ones
+  included) against the modules' forward passes (``log_softmax(actor(x))`` and the critic) and
+  against its composite kernel;
 * ``actor_critic_grads`` (256 rows: one minibatch of the default 2,048-step rollout in 8)
   against the same loss built from torch modules and ``clipped_pg_loss``, differentiated by
   autograd, and against the op's composite kernel (ATen calls from C++, what CUDA runs), which
@@ -62,6 +65,12 @@ def loss_by_autograd(
     return grads, stats
 
 
+def forward_in_torch(policy: ActorCritic, obs: Tensor) -> tuple[Tensor, Tensor]:
+    """What the update computed before ``actor_critic_forward``: the modules' forward passes."""
+    with torch.no_grad():
+        return torch.log_softmax(policy.actor(obs), -1), policy.critic(obs)[:, 0]
+
+
 def grads_native(policy: ActorCritic, batch: list[Tensor], scale: float) -> list[Tensor]:
     actor, critic = policy.actor_parameters(), policy.critic_parameters()
     a, c, _ = ops.actor_critic_grads(batch[0], actor, critic, *batch[1:], CLIP, ENT, VF, scale)
@@ -96,7 +105,9 @@ def minibatch(rows: int, seed: int = 1) -> list[Tensor]:
     ]
 
 
-def mlp_candidates(rows_act: int = 16, rows_update: int = 256) -> dict[str, dict]:
+def mlp_candidates(
+    rows_act: int = 16, rows_update: int = 256, rows_batch: int = 2064
+) -> dict[str, dict]:
     """``{op: {"size": ..., "native": fn, baseline: fn}}`` after checking both sides agree."""
     policy = make_policy()
     stats = policy.normalizer
@@ -117,11 +128,30 @@ def mlp_candidates(rows_act: int = 16, rows_update: int = 256) -> dict[str, dict
     for a, b, c in zip(grads_native(policy, batch, scale), autograd()[0], composite()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
+    whole = torch.randn(rows_batch, OBS_SIZE, generator=torch.Generator().manual_seed(2))
+    networks = (policy.actor_parameters(), policy.critic_parameters())
+    native_forward = lambda: ops.actor_critic_forward(whole, *networks)  # noqa: E731
+    torch_forward = lambda: forward_in_torch(policy, whole)  # noqa: E731
+
+    def composite_forward():
+        with torch.no_grad():
+            return torch.ops.pylander.actor_critic_forward.default.redispatch(
+                COMPOSITE, whole, *networks
+            )
+
+    for a, b in zip(native_forward(), torch_forward()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     return {
         "policy_sample": {
             "size": f"B{rows_act}",
             "native": native_act,
             "torch": torch_act,
+        },
+        "actor_critic_forward": {
+            "size": f"B{rows_batch}",
+            "native": native_forward,
+            "torch": torch_forward,
+            "composite": composite_forward,
         },
         "actor_critic_grads": {
             "size": f"B{rows_update}",

@@ -27,6 +27,7 @@ OP_COLUMNS = {
     "sample_categorical": ["categorical", "multinomial"],
     "pg_loss": ["autograd", "autograd_loss_only"],
     "policy_sample": ["torch"],
+    "actor_critic_forward": ["torch", "composite"],
     "actor_critic_grads": ["autograd", "composite"],
 }
 
