@@ -23,8 +23,8 @@ class FusedAdamStep:
         if len({(p.device, p.dtype) for p in group["params"]}) != 1:
             raise ValueError("FusedAdamStep needs every parameter on one device, in one dtype")
         self.optimizer = optimizer
-        self._made_for: tuple[dict, dict] | None = None  # the (state, group) of the lists below
-        self._steps = torch.zeros(0)
+        # The (state, group) that _gather_state made the step's lists for.
+        self._made_for: tuple[dict, dict] | None = None
 
     def step(self) -> None:
         # The group is read on every step: optimizer.load_state_dict replaces it and the state
