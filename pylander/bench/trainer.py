@@ -183,20 +183,18 @@ def versus_env_only(
     of the same env ids, interleaved update by update, or with rollout workers (which would go
     on collecting during a baseline block) half the blocks before training and half after:
     (trainer entry, env-only entry) of the results."""
-    # No periodic evaluation (and one final episode): its cost depends on how long the policy's
-    # episodes last, which varies from run to run, and it had made up to a third of the
-    # trainer's time here (20 episodes every 50k steps), hiding the loop's own speed.
+    # No periodic evaluation within the run (and one final episode): its cost depends on how
+    # long the policy's episodes last, which varies from run to run, and it had made up to a
+    # third of the trainer's time here (20 episodes every 50k steps), hiding the loop's own speed.
+    # The interval lies past the budget rather than being 0, which would swap in the hook that a
+    # default run does not have: best.pt written at every new best training mean (most early
+    # updates, 2-6 ms a write), where a default run writes it after an evaluation.
     config = TrainConfig(
-        **{
-            "quiet": True,
-            "eval_episodes": 1,
-            "eval_interval": 0,
-            **settings.trainer_overrides,
-            **overrides,
-        }
+        **{"quiet": True, "eval_episodes": 1, **settings.trainer_overrides, **overrides}
     )
     interleave = config.rollout_workers == 0
     config.total_steps = settings.trainer_updates * config.num_envs * config.num_steps
+    config.eval_interval = config.total_steps + 1
     envs = make_vector_env(config.env_id, config.num_envs)
     envs.reset(seed=config.seed + 1)
     # The random actions are drawn before any clock starts.
