@@ -169,8 +169,8 @@ def results_table(rows: list[dict], stats: dict) -> str:
 
     lines += [
         "",
-        f"solved {stats['solved']}/{stats['runs']}. Env steps (until solved, with "
-        f"--stop-when-solved): median {fmt('median_steps', ',.0f')}, worst "
+        f"solved {stats['solved']}/{stats['runs']}. Env steps (to the confirmed solve with "
+        f"--stop-when-solved, else the whole budget): median {fmt('median_steps', ',.0f')}, worst "
         f"{fmt('worst_steps', ',')}. Final evaluation: median {fmt('median_eval', '.1f')}, "
         f"worst {fmt('worst_eval', '.1f')}.",
     ]
