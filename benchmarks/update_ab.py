@@ -9,9 +9,9 @@ update. Both versions run in one process, so both see the same machine and the s
 pressure from the env steps in between. ``--compare``:
 
 * ``kernels``: the update's native calls, ``actor_critic_forward``, ``actor_critic_grads`` and
-  ``clip_grad_norms_``, through their composite kernels (ATen calls from C++, what CUDA runs and what the CPU ran
-  before it had its own kernels) against their CPU kernels (the default on the CPU), on one
-  torch thread;
+  ``clip_grad_norms_``, through their composite kernels (ATen calls from C++, what CUDA runs and
+  what the CPU ran before it had its own kernels) against their CPU kernels (the default on the
+  CPU), on one torch thread;
 * ``threads``: one torch thread against two (what ``--torch-threads 0`` picks on two free
   cores), which give the same numbers, so the run is the same run either way.
 

@@ -1,4 +1,5 @@
-// Input validation of the MLP ops (policy_sample, actor_critic_forward, actor_critic_grads), shared by their kernels.
+// Input validation of the MLP ops (policy_sample, actor_critic_forward, actor_critic_grads),
+// shared by their kernels.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -82,7 +82,8 @@ def _policy_greedy_fake(obs, actor, obs_mean, obs_var, obs_clip):
 
 @torch.library.register_fake("pylander::actor_critic_forward")
 def _actor_critic_forward_fake(obs, actor, critic):
-    _check_same_device(obs=obs, **{f"actor[{i}]": p for i, p in enumerate(actor)})
+    params = {f"actor[{i}]": p for i, p in enumerate(actor)}
+    _check_same_device(obs=obs, **params, **{f"critic[{i}]": p for i, p in enumerate(critic)})
     values = obs.shape[0] if critic else 0
     return obs.new_empty((obs.shape[0], actor[-2].shape[0])), obs.new_empty((values,))
 

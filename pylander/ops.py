@@ -240,9 +240,10 @@ def actor_critic_forward(
 
     Returns:
         ``(log_probs, values)``: ``[B, A]`` ``log_softmax(actor(obs))`` and ``[B]``
-        ``critic(obs)`` (``[0]`` without a critic). On the CPU, ``log_probs`` are computed as
-        :func:`actor_critic_grads`' CPU kernel computes them, and both differ from the module's
-        by rounding (~1e-7 in float32); other devices give the module's bits. No gradient flows.
+        ``critic(obs)`` (``[0]`` without a critic); a row with a NaN input or logit comes out NaN.
+        On the CPU both come from the loops of :func:`actor_critic_grads`' CPU kernel and differ
+        from the module's by rounding (~1e-7 in float32); other devices give the module's bits.
+        No gradient flows.
     """
     with torch.no_grad():
         return _ops.actor_critic_forward(obs, actor, critic)

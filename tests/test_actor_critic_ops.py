@@ -115,6 +115,21 @@ def test_actor_critic_forward_is_the_modules_log_softmax_and_value(
     assert all(torch.equal(c, w) for c, w in zip(composite, want))
 
 
+def test_actor_critic_forward_takes_strided_obs_and_gives_nan_rows_for_nan_inputs(dtype, device):
+    net = policy([64, 64], dtype, device)
+    networks = net.actor_parameters(), net.critic_parameters()
+    obs = observations(40, dtype, device).t().contiguous().t()  # column-major
+    assert not obs.is_contiguous()
+    want = ops.actor_critic_forward(obs.contiguous(), *networks)
+    assert all(torch.equal(g, w) for g, w in zip(ops.actor_critic_forward(obs, *networks), want))
+    bad = obs.contiguous()
+    bad[3, 2] = float("nan")
+    log_probs, values = ops.actor_critic_forward(bad, *networks)
+    assert log_probs[3].isnan().all() and values[3].isnan()
+    rest = torch.arange(40, device=device) != 3
+    assert torch.equal(log_probs[rest], want[0][rest]) and torch.equal(values[rest], want[1][rest])
+
+
 def test_evaluation_plays_the_greedy_op_and_gets_the_modules_returns():
     from pylander.evaluate import evaluate
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import multiprocessing
 import os
 import signal
@@ -196,10 +197,16 @@ def test_fused_adam_step_is_adam_step_bit_for_bit():
                 p.grad = g.clone()
         opts[0].step()
         lean.step()
-        if step in (2, 4):  # resume as Reinforce does: load_state_dict replaces the state and group
-            opts[1].load_state_dict(opts[1].state_dict())
+        if step in (2, 4):  # resume as Reinforce does, from fresh tensors (a checkpoint's)
+            saved = io.BytesIO()
+            torch.save(opts[1].state_dict(), saved)
+            saved.seek(0)
+            opts[1].load_state_dict(torch.load(saved))
+            first = next(nets[1].parameters())
+            assert opts[1].state[first]["exp_avg"] is not lean._exp_avgs[0]  # stale until a step
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         assert torch.equal(a, b)
+    assert opts[1].state[first]["exp_avg"] is lean._exp_avgs[0]  # the loaded state, stepped
     assert not torch.equal(a, ActorCritic(8, 4, [16, 16], critic=True).critic[-1].bias)
     assert opts[0].state_dict()["state"][0]["step"] == opts[1].state_dict()["state"][0]["step"] == 6
     with pytest.raises(ValueError, match="amsgrad"):

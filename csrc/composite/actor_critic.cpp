@@ -11,8 +11,8 @@
 // From Python these took ~60 dispatches with autograd bookkeeping per minibatch; here each is one
 // call whose ATen ops dispatch from C++. They are composite (ATen ops plus pylander's own
 // pg_loss and sample_categorical kernels through the dispatcher), so one implementation serves
-// every device; policy_sample also has a CPU kernel (csrc/cpu/policy_sample.cpp) that takes
-// precedence there. The layers are nn.Linear's: weight [out, in], bias [out].
+// every device; on the CPU each also has a kernel of plain loops (csrc/cpu/policy_sample.cpp,
+// actor_critic_forward.cpp, actor_critic_grads.cpp) that takes precedence there. The layers are nn.Linear's: weight [out, in], bias [out].
 #include <ATen/ATen.h>
 #include <torch/library.h>
 

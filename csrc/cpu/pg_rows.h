@@ -112,7 +112,8 @@ inline void log_sums(Block& block, int64_t rows, int64_t A) {
 }
 
 // out[r, j] = log_softmax(z[r])_j for rows [0, n): log pi exactly as the loss's passes compute
-// it (z - max - log S, in double), rounded to scalar_t.
+// it (z - max - log S, in double), rounded to scalar_t. A row holding a NaN or +inf logit comes
+// out all NaN, as log_softmax gives NaN there too (the exp above would clamp some NaNs to 0).
 template <typename scalar_t>
 void log_softmax_rows(const scalar_t* z, int64_t A, int64_t n, scalar_t* out) {
   Block block(A);
@@ -121,8 +122,14 @@ void log_softmax_rows(const scalar_t* z, int64_t A, int64_t n, scalar_t* out) {
     shifted_exps(z, A, b, rows, block);
     log_sums(block, rows, A);
     for (int64_t r = 0; r < rows; ++r) {
+      const scalar_t* zi = z + (b + r) * A;
+      const bool bad = std::any_of(zi, zi + A, [](scalar_t x) {
+        return std::isnan(x) || x == std::numeric_limits<scalar_t>::infinity();
+      });
       for (int64_t j = 0; j < A; ++j) {
-        out[(b + r) * A + j] = static_cast<scalar_t>(block.shifted[r * A + j] - block.row_a[r]);
+        out[(b + r) * A + j] =
+            bad ? std::numeric_limits<scalar_t>::quiet_NaN()
+                : static_cast<scalar_t>(block.shifted[r * A + j] - block.row_a[r]);
       }
     }
   }

@@ -13,7 +13,11 @@ import torch
 
 class FusedAdamStep:
     """Steps a single-group, fused ``torch.optim.Adam`` (no amsgrad, weight decay or maximize)
-    by calling ``torch._fused_adam_`` directly, exactly as ``Adam.step()`` would."""
+    by calling ``torch._fused_adam_`` directly, exactly as ``Adam.step()`` would.
+
+    It keeps lists of the state's tensors between steps, made again whenever the optimizer's
+    ``state`` or param group is another object (the first step, ``load_state_dict``). Replace the
+    state only that way: tensors swapped into the same ``state`` dict would not be seen."""
 
     def __init__(self, optimizer: torch.optim.Adam):
         (group,) = optimizer.param_groups

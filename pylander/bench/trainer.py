@@ -194,7 +194,8 @@ def versus_env_only(
     )
     interleave = config.rollout_workers == 0
     config.total_steps = settings.trainer_updates * config.num_envs * config.num_steps
-    config.eval_interval = config.total_steps + 1
+    if "eval_interval" not in {**settings.trainer_overrides, **overrides}:
+        config.eval_interval = config.total_steps + 1
     envs = make_vector_env(config.env_id, config.num_envs)
     envs.reset(seed=config.seed + 1)
     # The random actions are drawn before any clock starts.
