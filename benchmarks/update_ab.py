@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ import torch
 from pylander import ops
 from pylander.algorithms import get_algorithm
 from pylander.algorithms.reinforce import Reinforce
-from pylander.bench.mlp import COMPOSITE
+from pylander.bench.mlp import through_composite
 from pylander.config import TrainConfig
 from pylander.distributed import Collective
 from pylander.threads import using_threads
@@ -41,19 +42,12 @@ GRADS = torch.ops.pylander.actor_critic_grads.default
 CLIP = torch.ops.pylander.clip_grad_norms_.default
 
 
-def composite_forward(*args):
-    with torch.no_grad():
-        return FORWARD.redispatch(COMPOSITE, *args)
-
-
-def composite_grads(*args):
-    with torch.no_grad():
-        return GRADS.redispatch(COMPOSITE, *args)
+composite_forward = functools.partial(through_composite, FORWARD)
+composite_grads = functools.partial(through_composite, GRADS)
 
 
 def composite_clip(grads, group_sizes, max_norm):
-    with torch.no_grad():
-        return CLIP.redispatch(COMPOSITE, grads, list(group_sizes), float(max_norm))
+    return through_composite(CLIP, grads, list(group_sizes), float(max_norm))
 
 
 @contextlib.contextmanager

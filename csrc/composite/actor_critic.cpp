@@ -12,7 +12,8 @@
 // call whose ATen ops dispatch from C++. They are composite (ATen ops plus pylander's own
 // pg_loss and sample_categorical kernels through the dispatcher), so one implementation serves
 // every device; on the CPU each also has a kernel of plain loops (csrc/cpu/policy_sample.cpp,
-// actor_critic_forward.cpp, actor_critic_grads.cpp) that takes precedence there. The layers are nn.Linear's: weight [out, in], bias [out].
+// actor_critic_forward.cpp, actor_critic_grads.cpp) that takes precedence there. The layers are
+// nn.Linear's: weight [out, in], bias [out].
 #include <ATen/ATen.h>
 #include <torch/library.h>
 

@@ -21,8 +21,6 @@
 namespace pylander {
 namespace {
 
-constexpr int64_t kBlockRows = 256;  // a block's activations stay in L2
-
 std::tuple<at::Tensor, at::Tensor> actor_critic_forward_cpu(const at::Tensor& obs,
                                                             at::TensorList actor,
                                                             at::TensorList critic) {
@@ -50,9 +48,7 @@ std::tuple<at::Tensor, at::Tensor> actor_critic_forward_cpu(const at::Tensor& ob
         h = inputs;
         forward_transposed(actor_params, rows, h, scratch);
         logits.resize(n * A);
-        for (int64_t i = 0; i < n; ++i) {
-          for (int64_t j = 0; j < A; ++j) logits[i * A + j] = h[j * rows + i];
-        }
+        untranspose_rows(h.data(), A, rows, n, logits.data());
         log_softmax_rows(logits.data(), A, n, lp + i0 * A);
         if (critic_params.empty()) continue;
         h = inputs;

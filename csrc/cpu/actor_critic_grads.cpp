@@ -27,7 +27,6 @@
 namespace pylander {
 namespace {
 
-constexpr int64_t kBlockRows = 256;
 
 // The clipped surrogate's inputs for the rows from i0 on.
 template <typename scalar_t>
@@ -181,9 +180,7 @@ ActorSums actor_pass(Mlp<scalar_t>& net, const std::vector<InputBlock<scalar_t>>
   for (const auto& block : blocks) {
     const int64_t i0 = block.i0, n = block.n, rows = block.rows;
     const auto out = net.forward(block.transposed, block.row_major, rows);
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t j = 0; j < A; ++j) z[(i0 + i) * A + j] = out[j * rows + i];
-    }
+    untranspose_rows(out.data(), A, rows, n, z + i0 * A);
     // The loss: pg_loss's row passes.
     const auto stats = pg_forward_rows(z, actions, weights, clip, A, i0, i0 + n);
     sums.loss.loss += stats.loss;

@@ -335,5 +335,18 @@ void transpose_into(const scalar_t* src, int64_t rows, int64_t cols, int64_t dst
   }
 }
 
+// y[r, j] = yt[j, r] for the first n of a [cols, rows] block's rows: a layer's transposed
+// outputs back to row-major [n, cols], the padding rows left out.
+template <typename scalar_t>
+void untranspose_rows(const scalar_t* yt, int64_t cols, int64_t rows, int64_t n, scalar_t* y) {
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t j = 0; j < cols; ++j) y[r * cols + j] = yt[j * rows + r];
+  }
+}
+
+// Rows per block in the whole-batch kernels (actor_critic_forward, actor_critic_grads): a
+// block's activations stay in L2.
+constexpr int64_t kBlockRows = 256;
+
 }  // namespace
 }  // namespace pylander

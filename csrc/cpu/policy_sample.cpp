@@ -52,11 +52,7 @@ at::Tensor actor_logits(const at::Tensor& obs, at::TensorList actor,
     }
     std::vector<scalar_t> scratch;
     forward_transposed(contiguous_params(actor), rows, input, scratch);
-    scalar_t* z = logits.data_ptr<scalar_t>();
-    const int64_t A = logits.size(1);
-    for (int64_t r = 0; r < B; ++r) {
-      for (int64_t j = 0; j < A; ++j) z[r * A + j] = input[j * rows + r];
-    }
+    untranspose_rows(input.data(), logits.size(1), rows, B, logits.data_ptr<scalar_t>());
   });
   return logits;
 }

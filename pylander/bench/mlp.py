@@ -82,13 +82,19 @@ def grads_native(policy: ActorCritic, batch: list[Tensor], scale: float) -> list
 COMPOSITE = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
 
 
-def grads_composite(policy: ActorCritic, batch: list[Tensor], scale: float) -> list[Tensor]:
-    """``grads_native`` through the composite kernel, past the CPU kernel that overrides it."""
-    actor, critic = policy.actor_parameters(), policy.critic_parameters()
+def through_composite(op: torch._ops.OpOverload, *args):
+    """``op(*args)`` through its composite kernel, past the CPU kernel that overrides it."""
     with torch.no_grad():
-        a, c, _ = torch.ops.pylander.actor_critic_grads.default.redispatch(
-            COMPOSITE, batch[0], actor, critic, *batch[1:], CLIP, ENT, VF, scale
-        )
+        return op.redispatch(COMPOSITE, *args)
+
+
+def grads_composite(policy: ActorCritic, batch: list[Tensor], scale: float) -> list[Tensor]:
+    """``grads_native`` through the composite kernel."""
+    actor, critic = policy.actor_parameters(), policy.critic_parameters()
+    a, c, _ = through_composite(
+        torch.ops.pylander.actor_critic_grads.default,
+        batch[0], actor, critic, *batch[1:], CLIP, ENT, VF, scale,
+    )  # fmt: skip
     return a + c
 
 
@@ -132,12 +138,9 @@ def mlp_candidates(
     networks = (policy.actor_parameters(), policy.critic_parameters())
     native_forward = lambda: ops.actor_critic_forward(whole, *networks)  # noqa: E731
     torch_forward = lambda: forward_in_torch(policy, whole)  # noqa: E731
-
-    def composite_forward():
-        with torch.no_grad():
-            return torch.ops.pylander.actor_critic_forward.default.redispatch(
-                COMPOSITE, whole, *networks
-            )
+    composite_forward = lambda: through_composite(  # noqa: E731
+        torch.ops.pylander.actor_critic_forward.default, whole, *networks
+    )
 
     for a, b in zip(native_forward(), torch_forward()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
